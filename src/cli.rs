@@ -1,0 +1,224 @@
+//! The command line (bin-only): clap definitions and the glue from each subcommand to the
+//! library. Errors here are `anyhow` with context; the library's own errors are typed.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use guildshard::config::{ConfigError, GatewayConfig, HttpConfig};
+use guildshard::ownership::{owner, GuildId, Strategy, Topology};
+use guildshard::reshard::plan::{generated_snowflakes, Plan};
+
+/// A runtime failure.
+pub const EXIT_FAILURE: u8 = 1;
+/// Bad arguments (clap uses 2 as well).
+pub const EXIT_USAGE: u8 = 2;
+/// Bad configuration in the environment (`EX_USAGE`, as linkerd2-proxy exits on a bad env).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// guildshard: a Discord moderation and community bot sharded across Kubernetes pods.
+#[derive(Parser, Debug)]
+#[command(name = "guildshard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a gateway pod (configured from the environment).
+    Gateway,
+    /// Run the stateless HTTP service (configured from the environment).
+    Http,
+    /// Run the local Discord emulator.
+    Emulator(EmulatorArgs),
+    /// Run the whole system on this machine: emulator, gateway pods, HTTP service, traffic.
+    Dev(DevArgs),
+    /// Print the ordinal that owns each guild: `<guild_id> <ordinal>` per line.
+    Owner(OwnerArgs),
+    /// Show how many guilds move, and where, when the pod count changes.
+    Plan(PlanArgs),
+    /// Show the cluster as the gateway pods report it.
+    Status,
+}
+
+#[derive(clap::Args, Debug)]
+struct EmulatorArgs {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Guilds to create at start.
+    #[arg(long, default_value_t = 10)]
+    guilds: usize,
+    /// Generated events per second (0: no traffic).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seed for generated guilds and traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct DevArgs {
+    /// Gateway pods to run.
+    #[arg(long, default_value_t = 3)]
+    pods: u32,
+    /// Guilds in the emulator.
+    #[arg(long, default_value_t = 200)]
+    guilds: usize,
+    /// Generated events per second.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Where the pods keep their databases (kept across runs).
+    #[arg(long, default_value = ".guildshard-dev")]
+    data_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct OwnerArgs {
+    /// Guild ids; read from stdin (one per line) when none are given.
+    guild_ids: Vec<String>,
+    /// Number of gateway pods.
+    #[arg(long)]
+    pods: u32,
+    /// Hash strategy: md5 or jump.
+    #[arg(long, default_value = "md5")]
+    strategy: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct PlanArgs {
+    /// Pod count before the change.
+    #[arg(long)]
+    from: u32,
+    /// Pod count after the change.
+    #[arg(long)]
+    to: u32,
+    /// Hash strategy: md5 or jump.
+    #[arg(long, default_value = "md5")]
+    strategy: String,
+    /// A file of guild ids, one per line (default: 100k generated snowflakes).
+    #[arg(long)]
+    guilds: Option<PathBuf>,
+}
+
+/// A usage error: printed as one line, exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let result = match cli.command {
+        Command::Owner(args) => cmd_owner(args),
+        Command::Plan(args) => cmd_plan(args),
+        Command::Gateway => {
+            let _config = match GatewayConfig::from_env(std::env::vars()) {
+                Ok(config) => config,
+                Err(err) => return Ok(config_error(&err)),
+            };
+            eprintln!("guildshard: the gateway is not yet implemented");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        Command::Http => {
+            let _config = match HttpConfig::from_env(std::env::vars()) {
+                Ok(config) => config,
+                Err(err) => return Ok(config_error(&err)),
+            };
+            eprintln!("guildshard: the http service is not yet implemented");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        Command::Emulator(_)
+        | Command::Dev(_)
+        | Command::Status => {
+            eprintln!("guildshard: this command is not yet implemented");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(err) => match err.downcast_ref::<UsageError>() {
+            Some(usage) => {
+                eprintln!("guildshard: error: {usage}");
+                Ok(ExitCode::from(EXIT_USAGE))
+            }
+            None => Err(err),
+        },
+    }
+}
+
+/// Prints a configuration error as one line naming the variable; exit 64.
+fn config_error(err: &ConfigError) -> ExitCode {
+    eprintln!("guildshard: invalid configuration: {err}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn topology_arg(strategy: &str, pods: u32, flag: &str) -> Result<Topology, UsageError> {
+    let strategy: Strategy = strategy
+        .parse()
+        .map_err(|e| UsageError(format!("--strategy: {e}")))?;
+    Topology::new(strategy, pods)
+        .ok_or_else(|| UsageError(format!("{flag}: must be a positive integer, got 0")))
+}
+
+fn parse_guild(text: &str) -> Result<GuildId, UsageError> {
+    text.trim().parse().map_err(|e| UsageError(format!("{e}")))
+}
+
+fn cmd_owner(args: OwnerArgs) -> anyhow::Result<()> {
+    let topology = topology_arg(&args.strategy, args.pods, "--pods")?;
+    let ids: Vec<String> = if args.guild_ids.is_empty() {
+        read_lines(std::io::stdin().lock()).context("reading guild ids from stdin")?
+    } else {
+        args.guild_ids
+    };
+    // Validate everything before printing anything, so a bad id never leaves partial output.
+    let guilds = ids
+        .iter()
+        .map(|id| parse_guild(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for guild in guilds {
+        writeln!(out, "{guild} {}", owner(guild, topology))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn cmd_plan(args: PlanArgs) -> anyhow::Result<()> {
+    let from = topology_arg(&args.strategy, args.from, "--from")?;
+    let to = topology_arg(&args.strategy, args.to, "--to")?;
+    let guilds = match &args.guilds {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let lines = read_lines(std::io::BufReader::new(file))
+                .with_context(|| format!("reading {}", path.display()))?;
+            lines
+                .iter()
+                .map(|l| parse_guild(l))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => generated_snowflakes(100_000, 1),
+    };
+    if guilds.is_empty() {
+        bail!(UsageError("no guild ids to plan over".into()));
+    }
+    print!("{}", Plan::compute(guilds, from, to));
+    Ok(())
+}
+
+/// Non-blank lines, trimmed.
+fn read_lines(reader: impl BufRead) -> std::io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for line in reader.lines() {
+        let line = line?;
+        if !line.trim().is_empty() {
+            lines.push(line.trim().to_owned());
+        }
+    }
+    Ok(lines)
+}

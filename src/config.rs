@@ -1,0 +1,546 @@
+//! Configuration read once from the environment (DESIGN §3).
+//!
+//! Level 0. Every variable is named by an `ENV_*` constant. Values are first collected as raw
+//! strings with `envy`, then validated one by one, so an error always names the variable and says
+//! what is wrong in one line. Production passes `std::env::vars()`, tests pass a list of pairs:
+//! nothing here reads the process environment by itself.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::ownership::{Ordinal, Strategy, Topology};
+
+/// This pod's StatefulSet ordinal.
+pub const ENV_POD_ORDINAL: &str = "POD_ORDINAL";
+/// The pod name (`gateway-3`); its trailing number is the ordinal when `POD_ORDINAL` is unset.
+pub const ENV_POD_NAME: &str = "POD_NAME";
+/// Set by Kubernetes to the pod name; the last fallback for the ordinal.
+pub const ENV_HOSTNAME: &str = "HOSTNAME";
+/// How many gateway pods own guilds.
+pub const ENV_NUM_GATEWAY_PODS: &str = "NUM_GATEWAY_PODS";
+/// `md5` (default) or `jump`.
+pub const ENV_SHARD_STRATEGY: &str = "SHARD_STRATEGY";
+/// The bot token. Never logged.
+pub const ENV_DISCORD_TOKEN: &str = "DISCORD_TOKEN";
+/// The application (bot user) id.
+pub const ENV_DISCORD_APPLICATION_ID: &str = "DISCORD_APPLICATION_ID";
+/// The application's Ed25519 public key, hex, for verifying interactions.
+pub const ENV_DISCORD_PUBLIC_KEY: &str = "DISCORD_PUBLIC_KEY";
+/// Unset for real Discord; `http://127.0.0.1:PORT` for the emulator.
+pub const ENV_DISCORD_API_BASE: &str = "DISCORD_API_BASE";
+/// How many Discord shards to run (default: as `GET /gateway/bot` says).
+pub const ENV_DISCORD_SHARD_COUNT: &str = "DISCORD_SHARD_COUNT";
+/// The pod's SQLite database file.
+pub const ENV_DATABASE_PATH: &str = "DATABASE_PATH";
+/// Bearer token between the HTTP service and gateway pods. Never logged.
+pub const ENV_INTERNAL_AUTH_TOKEN: &str = "INTERNAL_AUTH_TOKEN";
+/// How to reach a gateway pod's internal API, with `{ordinal}` standing for its ordinal.
+pub const ENV_GATEWAY_INTERNAL_URL_TEMPLATE: &str = "GATEWAY_INTERNAL_URL_TEMPLATE";
+/// Where a gateway pod serves `/healthz`, `/readyz` and `/metrics`.
+pub const ENV_PUBLIC_BIND_ADDR: &str = "PUBLIC_BIND_ADDR";
+/// Where a gateway pod serves its internal API.
+pub const ENV_INTERNAL_BIND_ADDR: &str = "INTERNAL_BIND_ADDR";
+/// Where the HTTP service listens.
+pub const ENV_HTTP_BIND_ADDR: &str = "HTTP_BIND_ADDR";
+
+const DEFAULT_PUBLIC_BIND: &str = "0.0.0.0:8080";
+const DEFAULT_INTERNAL_BIND: &str = "0.0.0.0:8081";
+const DEFAULT_URL_TEMPLATE: &str = "http://gateway-{ordinal}.gateway-internal:8081";
+
+/// A configuration value that was missing or malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it, in a few words.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            var,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A secret string whose `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The raw environment as envy sees it: every value optional and unparsed.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+struct RawEnv {
+    pod_ordinal: Option<String>,
+    pod_name: Option<String>,
+    hostname: Option<String>,
+    num_gateway_pods: Option<String>,
+    shard_strategy: Option<String>,
+    discord_token: Option<String>,
+    discord_application_id: Option<String>,
+    discord_public_key: Option<String>,
+    discord_api_base: Option<String>,
+    discord_shard_count: Option<String>,
+    database_path: Option<String>,
+    internal_auth_token: Option<String>,
+    gateway_internal_url_template: Option<String>,
+    public_bind_addr: Option<String>,
+    internal_bind_addr: Option<String>,
+    http_bind_addr: Option<String>,
+}
+
+impl RawEnv {
+    fn from_pairs<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        // Only our own variables are handed to envy, so unrelated environment entries can
+        // never fail deserialization; empty values count as unset.
+        let ours = vars
+            .into_iter()
+            .filter(|(k, v)| KNOWN.contains(&k.as_str()) && !v.trim().is_empty());
+        envy::from_iter(ours).map_err(|e| ConfigError::new("environment", e.to_string()))
+    }
+}
+
+const KNOWN: &[&str] = &[
+    ENV_POD_ORDINAL,
+    ENV_POD_NAME,
+    ENV_HOSTNAME,
+    ENV_NUM_GATEWAY_PODS,
+    ENV_SHARD_STRATEGY,
+    ENV_DISCORD_TOKEN,
+    ENV_DISCORD_APPLICATION_ID,
+    ENV_DISCORD_PUBLIC_KEY,
+    ENV_DISCORD_API_BASE,
+    ENV_DISCORD_SHARD_COUNT,
+    ENV_DATABASE_PATH,
+    ENV_INTERNAL_AUTH_TOKEN,
+    ENV_GATEWAY_INTERNAL_URL_TEMPLATE,
+    ENV_PUBLIC_BIND_ADDR,
+    ENV_INTERNAL_BIND_ADDR,
+    ENV_HTTP_BIND_ADDR,
+];
+
+/// How to reach Discord (or the emulator).
+#[derive(Clone, Debug)]
+pub struct DiscordConfig {
+    /// The bot token.
+    pub token: Secret,
+    /// The application id, when configured (the gateway learns it from READY otherwise).
+    pub application_id: Option<u64>,
+    /// `None` for real Discord; the emulator's base URL otherwise.
+    pub api_base: Option<String>,
+    /// A fixed shard count, instead of asking `GET /gateway/bot`.
+    pub shard_count: Option<u32>,
+}
+
+/// Where a gateway pod's internal API lives, by ordinal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlTemplate(String);
+
+impl UrlTemplate {
+    /// Checks that the template has exactly one `{ordinal}` and looks like an http URL.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        if template.matches("{ordinal}").count() != 1 {
+            return Err(format!(
+                "must contain {{ordinal}} exactly once, got {template:?}"
+            ));
+        }
+        if !(template.starts_with("http://") || template.starts_with("https://")) {
+            return Err(format!(
+                "must start with http:// or https://, got {template:?}"
+            ));
+        }
+        Ok(UrlTemplate(template.trim_end_matches('/').to_owned()))
+    }
+
+    /// The base URL of `ordinal`'s internal API.
+    pub fn url_for(&self, ordinal: Ordinal) -> String {
+        self.0.replace("{ordinal}", &ordinal.to_string())
+    }
+}
+
+/// Configuration of `guildshard gateway`.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// This pod's ordinal.
+    pub ordinal: Ordinal,
+    /// The topology this pod is told to run under.
+    pub topology: Topology,
+    /// Discord connection settings.
+    pub discord: DiscordConfig,
+    /// The SQLite database file.
+    pub database_path: PathBuf,
+    /// Bearer token for the internal API.
+    pub internal_token: Secret,
+    /// How to reach peer pods (for resharding).
+    pub url_template: UrlTemplate,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub public_bind: SocketAddr,
+    /// `/internal/v1/*`.
+    pub internal_bind: SocketAddr,
+}
+
+impl GatewayConfig {
+    /// Reads and validates the gateway's configuration.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable that is missing or malformed.
+    pub fn from_env<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let raw = RawEnv::from_pairs(vars)?;
+        Ok(GatewayConfig {
+            ordinal: ordinal(&raw)?,
+            topology: topology(&raw)?,
+            discord: discord(&raw)?,
+            database_path: PathBuf::from(required(ENV_DATABASE_PATH, &raw.database_path)?),
+            internal_token: internal_token(&raw)?,
+            url_template: url_template(&raw)?,
+            public_bind: bind(
+                ENV_PUBLIC_BIND_ADDR,
+                &raw.public_bind_addr,
+                DEFAULT_PUBLIC_BIND,
+            )?,
+            internal_bind: bind(
+                ENV_INTERNAL_BIND_ADDR,
+                &raw.internal_bind_addr,
+                DEFAULT_INTERNAL_BIND,
+            )?,
+        })
+    }
+
+    /// Whether this pod is a standby: its ordinal is at or past `NUM_GATEWAY_PODS`, so it owns
+    /// nothing (it may be waiting for the env change of a scale-up, or draining after a
+    /// scale-down).
+    pub fn is_standby(&self) -> bool {
+        !self.topology.is_member(self.ordinal)
+    }
+}
+
+/// Configuration of `guildshard http`.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// The topology to route by until the gateway pods report theirs.
+    pub initial_topology: Topology,
+    /// The Ed25519 key interactions are signed with.
+    pub public_key: [u8; 32],
+    /// Bearer token for the gateway pods' internal API.
+    pub internal_token: Secret,
+    /// How to reach a gateway pod by ordinal.
+    pub url_template: UrlTemplate,
+    /// Discord connection settings (for follow-ups and command registration).
+    pub discord: DiscordConfig,
+    /// Where the service listens.
+    pub bind: SocketAddr,
+}
+
+impl HttpConfig {
+    /// Reads and validates the HTTP service's configuration.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable that is missing or malformed.
+    pub fn from_env<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let raw = RawEnv::from_pairs(vars)?;
+        Ok(HttpConfig {
+            initial_topology: topology(&raw)?,
+            public_key: public_key(&raw)?,
+            internal_token: internal_token(&raw)?,
+            url_template: url_template(&raw)?,
+            discord: discord(&raw)?,
+            bind: bind(ENV_HTTP_BIND_ADDR, &raw.http_bind_addr, DEFAULT_PUBLIC_BIND)?,
+        })
+    }
+}
+
+fn required<'a>(var: &'static str, value: &'a Option<String>) -> Result<&'a str, ConfigError> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .ok_or_else(|| ConfigError::new(var, "is required but not set"))
+}
+
+fn parse_num<T: FromStr>(var: &'static str, value: &str, what: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(var, format!("must be {what}, got {value:?}")))
+}
+
+fn ordinal(raw: &RawEnv) -> Result<Ordinal, ConfigError> {
+    if let Some(v) = &raw.pod_ordinal {
+        return parse_num(ENV_POD_ORDINAL, v, "a non-negative integer").map(Ordinal);
+    }
+    for (var, value) in [(ENV_POD_NAME, &raw.pod_name), (ENV_HOSTNAME, &raw.hostname)] {
+        if let Some(name) = value {
+            let suffix = name.trim().rsplit_once('-').map(|(_, n)| n);
+            return suffix
+                .and_then(|n| n.parse().ok())
+                .map(Ordinal)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        var,
+                        format!("must end in -<ordinal> when POD_ORDINAL is unset, got {name:?}"),
+                    )
+                });
+        }
+    }
+    Err(ConfigError::new(
+        ENV_POD_ORDINAL,
+        "is required (or POD_NAME/HOSTNAME ending in -<ordinal>)",
+    ))
+}
+
+fn topology(raw: &RawEnv) -> Result<Topology, ConfigError> {
+    let pods: u32 = parse_num(
+        ENV_NUM_GATEWAY_PODS,
+        required(ENV_NUM_GATEWAY_PODS, &raw.num_gateway_pods)?,
+        "a positive integer",
+    )?;
+    let strategy = match &raw.shard_strategy {
+        None => Strategy::default(),
+        Some(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| ConfigError::new(ENV_SHARD_STRATEGY, format!("{e}")))?,
+    };
+    Topology::new(strategy, pods).ok_or_else(|| {
+        ConfigError::new(
+            ENV_NUM_GATEWAY_PODS,
+            "must be a positive integer, got \"0\"",
+        )
+    })
+}
+
+fn discord(raw: &RawEnv) -> Result<DiscordConfig, ConfigError> {
+    let token = required(ENV_DISCORD_TOKEN, &raw.discord_token)?;
+    let application_id = raw
+        .discord_application_id
+        .as_deref()
+        .map(|v| parse_num(ENV_DISCORD_APPLICATION_ID, v, "a snowflake"))
+        .transpose()?;
+    let api_base = match &raw.discord_api_base {
+        None => None,
+        Some(v) => {
+            let v = v.trim().trim_end_matches('/');
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    ENV_DISCORD_API_BASE,
+                    format!("must be an http(s) URL, got {v:?}"),
+                ));
+            }
+            Some(v.to_owned())
+        }
+    };
+    let shard_count = match raw.discord_shard_count.as_deref() {
+        None => None,
+        Some(v) => match parse_num::<u32>(ENV_DISCORD_SHARD_COUNT, v, "a positive integer")? {
+            0 => {
+                return Err(ConfigError::new(
+                    ENV_DISCORD_SHARD_COUNT,
+                    "must be a positive integer, got \"0\"",
+                ))
+            }
+            n => Some(n),
+        },
+    };
+    Ok(DiscordConfig {
+        token: Secret::new(token),
+        application_id,
+        api_base,
+        shard_count,
+    })
+}
+
+fn internal_token(raw: &RawEnv) -> Result<Secret, ConfigError> {
+    let token = required(ENV_INTERNAL_AUTH_TOKEN, &raw.internal_auth_token)?;
+    if token.len() < 16 {
+        return Err(ConfigError::new(
+            ENV_INTERNAL_AUTH_TOKEN,
+            "must be at least 16 characters",
+        ));
+    }
+    Ok(Secret::new(token))
+}
+
+fn url_template(raw: &RawEnv) -> Result<UrlTemplate, ConfigError> {
+    let template = raw
+        .gateway_internal_url_template
+        .as_deref()
+        .unwrap_or(DEFAULT_URL_TEMPLATE);
+    UrlTemplate::parse(template.trim())
+        .map_err(|e| ConfigError::new(ENV_GATEWAY_INTERNAL_URL_TEMPLATE, e))
+}
+
+fn bind(
+    var: &'static str,
+    value: &Option<String>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    parse_num(
+        var,
+        value.as_deref().unwrap_or(default),
+        "an address like 0.0.0.0:8080",
+    )
+}
+
+fn public_key(raw: &RawEnv) -> Result<[u8; 32], ConfigError> {
+    let hex_key = required(ENV_DISCORD_PUBLIC_KEY, &raw.discord_public_key)?;
+    let bytes = hex::decode(hex_key).map_err(|_| {
+        ConfigError::new(
+            ENV_DISCORD_PUBLIC_KEY,
+            "must be 64 hex characters (an Ed25519 public key)",
+        )
+    })?;
+    bytes.try_into().map_err(|_| {
+        ConfigError::new(
+            ENV_DISCORD_PUBLIC_KEY,
+            "must be 64 hex characters (an Ed25519 public key)",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn gateway_env() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("POD_ORDINAL", "1"),
+            ("NUM_GATEWAY_PODS", "3"),
+            ("DISCORD_TOKEN", "bot-token-value"),
+            ("DATABASE_PATH", "/data/bot.db"),
+            ("INTERNAL_AUTH_TOKEN", "internal-token-0123456789"),
+            ("UNRELATED", "whatever"),
+        ]
+    }
+
+    fn gateway_with(overrides: &[(&'static str, &'static str)]) -> Result<GatewayConfig, ConfigError> {
+        let mut pairs = gateway_env();
+        pairs.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+        pairs.extend(overrides.iter().filter(|(_, v)| *v != "<unset>"));
+        GatewayConfig::from_env(env(&pairs))
+    }
+
+    #[test]
+    fn reads_a_complete_gateway_config() {
+        let cfg = gateway_with(&[]).expect("valid");
+        assert_eq!(cfg.ordinal, Ordinal(1));
+        assert_eq!(cfg.topology, Topology::new(Strategy::Md5, 3).expect("3"));
+        assert!(!cfg.is_standby());
+        assert_eq!(
+            cfg.url_template.url_for(Ordinal(2)),
+            "http://gateway-2.gateway-internal:8081"
+        );
+    }
+
+    #[test]
+    fn ordinal_falls_back_to_pod_name_then_hostname() {
+        let cfg = gateway_with(&[("POD_ORDINAL", "<unset>"), ("POD_NAME", "gateway-2")]);
+        assert_eq!(cfg.expect("valid").ordinal, Ordinal(2));
+        let cfg = gateway_with(&[("POD_ORDINAL", "<unset>"), ("HOSTNAME", "gateway-12")]);
+        assert_eq!(cfg.expect("valid").ordinal, Ordinal(12));
+        let err = gateway_with(&[("POD_ORDINAL", "<unset>"), ("HOSTNAME", "laptop")])
+            .expect_err("no ordinal");
+        assert_eq!(err.var, "HOSTNAME");
+        let err = gateway_with(&[("POD_ORDINAL", "<unset>")]).expect_err("no ordinal");
+        assert_eq!(err.var, "POD_ORDINAL");
+    }
+
+    #[test]
+    fn ordinal_past_the_pod_count_is_a_standby() {
+        let cfg = gateway_with(&[("POD_ORDINAL", "3")]).expect("valid");
+        assert!(cfg.is_standby());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let cases: &[(&'static str, &'static str)] = &[
+            ("NUM_GATEWAY_PODS", "0"),
+            ("NUM_GATEWAY_PODS", "three"),
+            ("NUM_GATEWAY_PODS", "<unset>"),
+            ("SHARD_STRATEGY", "ring"),
+            ("POD_ORDINAL", "-1"),
+            ("DISCORD_TOKEN", "<unset>"),
+            ("DISCORD_API_BASE", "127.0.0.1:9"),
+            ("DISCORD_SHARD_COUNT", "0"),
+            ("DISCORD_APPLICATION_ID", "app"),
+            ("INTERNAL_AUTH_TOKEN", "short"),
+            ("GATEWAY_INTERNAL_URL_TEMPLATE", "http://gateway:8081"),
+            ("PUBLIC_BIND_ADDR", "localhost"),
+            ("DATABASE_PATH", "<unset>"),
+        ];
+        for (var, value) in cases {
+            let err = gateway_with(&[(var, value)]).expect_err(var);
+            assert_eq!(err.var, *var, "{var}={value}: {err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let cfg = gateway_with(&[]).expect("valid");
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("bot-token-value"), "{debug}");
+        assert!(!debug.contains("internal-token-0123456789"), "{debug}");
+        assert!(debug.contains("<redacted>"));
+        assert_eq!(cfg.discord.token.expose(), "bot-token-value");
+    }
+
+    #[test]
+    fn http_config_needs_a_valid_public_key() {
+        let mut pairs = gateway_env();
+        pairs.push(("DISCORD_PUBLIC_KEY", "zz"));
+        let err = HttpConfig::from_env(env(&pairs)).expect_err("bad key");
+        assert_eq!(err.var, "DISCORD_PUBLIC_KEY");
+        pairs.pop();
+        let key = "11".repeat(32);
+        let mut pairs = env(&pairs);
+        pairs.push(("DISCORD_PUBLIC_KEY".into(), key));
+        let cfg = HttpConfig::from_env(pairs).expect("valid");
+        assert_eq!(cfg.public_key, [0x11; 32]);
+    }
+}

@@ -1,0 +1,1 @@
+//! emulator: not yet written.

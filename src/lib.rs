@@ -1,0 +1,31 @@
+//! guildshard: a Discord moderation and community bot that scales horizontally as a Kubernetes
+//! StatefulSet. Each gateway pod owns the guilds that hash to its ordinal, keeps their data in
+//! its own SQLite database (replicated by Litestream), and hands guilds over when the pod count
+//! changes. A stateless HTTP service verifies interactions and routes them to the owner pod.
+//!
+//! # Layout
+//! Imports only point down the levels:
+//! - L0 [`ownership`] (the one guild→pod function), [`config`] (env), [`shutdown`],
+//!   [`telemetry`], [`wire`] (serde types that cross processes, no I/O).
+//! - L1 [`store`] (per-pod SQLite: migrations, batched writer, idempotent upserts, guild
+//!   export/import) and [`emulator`] (a local Discord: gateway WebSocket, REST, control API,
+//!   traffic generator).
+//! - L2 [`reshard`] (topology transitions and guild handoff).
+//! - L3 [`gateway`] (a gateway pod: serenity, ownership filter, features, internal API) and
+//!   [`http`] (the stateless interactions and API service).
+//! - L4 [`local_cluster`] (the emulator plus N pods as processes with StatefulSet semantics).
+//!
+//! `http` never imports `store`; `emulator` never imports `gateway` or `http`
+//! (`tests/architecture.rs` checks this).
+
+pub mod config;
+pub mod emulator;
+pub mod gateway;
+pub mod http;
+pub mod local_cluster;
+pub mod ownership;
+pub mod reshard;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,90 @@
+//! The command line: `owner`, `plan`, and configuration errors, run as the real binary.
+
+use crate::support::process::run_cli;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn owner_prints_the_reference_ordinal() {
+    let out = run_cli(&["owner", "81384788765712384", "--pods", "3"], &[], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "81384788765712384 2\n");
+}
+
+#[test]
+fn owner_reads_ids_from_stdin_and_honours_the_strategy() {
+    let out = run_cli(
+        &["owner", "--pods", "64", "--strategy", "jump"],
+        &[],
+        Some("0\n1\n\n81384788765712384\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Values from tests/vectors/ownership.json (computed by Node).
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines[0], "0 25");
+    assert_eq!(lines[1], "1 19");
+    assert_eq!(lines.len(), 3);
+}
+
+#[test]
+fn owner_rejects_bad_input_with_one_line_and_exit_two() {
+    for args in [
+        &["owner", "12a", "--pods", "3"][..],
+        &["owner", "1", "--pods", "0"][..],
+        &["owner", "1", "--pods", "3", "--strategy", "ring"][..],
+    ] {
+        let out = run_cli(args, &[], None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "no partial output for {args:?}");
+    }
+}
+
+#[test]
+fn plan_prints_the_moved_fraction_and_matrix() {
+    let out = run_cli(&["plan", "--from", "3", "--to", "4", "--strategy", "jump"], &[], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let first = text.lines().next().expect("a summary line");
+    assert!(first.starts_with("jump/3 -> jump/4: "), "{first}");
+    assert!(first.contains("of 100000 guilds move"), "{first}");
+    // A header plus one row per source ordinal.
+    assert_eq!(text.lines().count(), 1 + 1 + 3, "{text}");
+}
+
+#[test]
+fn plan_over_a_guild_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("guilds.txt");
+    std::fs::write(&path, "81384788765712384\n0\n1\n").expect("write");
+    let out = run_cli(
+        &["plan", "--from", "1", "--to", "3", "--guilds", path.to_str().expect("utf-8")],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("md5/1 -> md5/3: "), "{}", stdout(&out));
+    assert!(stdout(&out).contains("of 3 guilds move"), "{}", stdout(&out));
+}
+
+#[test]
+fn gateway_with_a_bad_env_var_exits_with_one_line_naming_it() {
+    let env = [
+        ("POD_ORDINAL", "0"),
+        ("NUM_GATEWAY_PODS", "three"),
+        ("DISCORD_TOKEN", "t"),
+        ("DATABASE_PATH", "/nonexistent/bot.db"),
+        ("INTERNAL_AUTH_TOKEN", "0123456789abcdef0123"),
+    ];
+    let out = run_cli(&["gateway"], &env, None);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("NUM_GATEWAY_PODS"), "{err}");
+}

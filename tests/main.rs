@@ -1,0 +1,15 @@
+//! The one integration-test binary (one link step instead of one per file). Each module is one
+//! area of behaviour; `support` holds builders for the servers and processes they start.
+
+mod support;
+
+mod architecture;
+mod cli;
+mod cluster;
+mod emulator;
+mod gateway;
+mod http;
+mod litestream;
+mod ownership;
+mod reshard;
+mod store;

@@ -1,0 +1,7 @@
+//! Builders and helpers shared by the integration tests. Everything here binds 127.0.0.1:0 and
+//! cleans up on drop.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod eventually;
+pub mod objstore;
+pub mod process;
