@@ -13,16 +13,16 @@ use guildshard::ownership::{owner, GuildId, Strategy, Topology};
 use guildshard::reshard::plan::{generated_snowflakes, Plan};
 
 /// A runtime failure.
-pub const EXIT_FAILURE: u8 = 1;
+pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Bad arguments (clap uses 2 as well).
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 /// Bad configuration in the environment (`EX_USAGE`, as linkerd2-proxy exits on a bad env).
-pub const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 
 /// guildshard: a Discord moderation and community bot sharded across Kubernetes pods.
 #[derive(Parser, Debug)]
 #[command(name = "guildshard", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -111,7 +111,7 @@ struct PlanArgs {
 struct UsageError(String);
 
 /// Runs the parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let result = match cli.command {
         Command::Owner(args) => cmd_owner(args),
         Command::Plan(args) => cmd_plan(args),
@@ -131,9 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("guildshard: the http service is not yet implemented");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
-        Command::Emulator(_)
-        | Command::Dev(_)
-        | Command::Status => {
+        Command::Emulator(_) | Command::Dev(_) | Command::Status => {
             eprintln!("guildshard: this command is not yet implemented");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
@@ -193,8 +191,8 @@ fn cmd_plan(args: PlanArgs) -> anyhow::Result<()> {
     let to = topology_arg(&args.strategy, args.to, "--to")?;
     let guilds = match &args.guilds {
         Some(path) => {
-            let file = std::fs::File::open(path)
-                .with_context(|| format!("opening {}", path.display()))?;
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let lines = read_lines(std::io::BufReader::new(file))
                 .with_context(|| format!("reading {}", path.display()))?;
             lines

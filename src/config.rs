@@ -98,9 +98,9 @@ impl fmt::Display for Secret {
     }
 }
 
-/// The raw environment as envy sees it: every value optional and unparsed.
+/// The raw environment as envy sees it (envy lower-cases the keys): every value optional and
+/// unparsed.
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 struct RawEnv {
     pod_ordinal: Option<String>,
     pod_name: Option<String>,
@@ -458,7 +458,9 @@ mod tests {
         ]
     }
 
-    fn gateway_with(overrides: &[(&'static str, &'static str)]) -> Result<GatewayConfig, ConfigError> {
+    fn gateway_with(
+        overrides: &[(&'static str, &'static str)],
+    ) -> Result<GatewayConfig, ConfigError> {
         let mut pairs = gateway_env();
         pairs.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
         pairs.extend(overrides.iter().filter(|(_, v)| *v != "<unset>"));

@@ -1,3 +1,80 @@
-//! Types that cross process boundaries (internal API bodies, status reports, guild exports).
+//! Types that cross process boundaries: the gateway pods' internal API bodies and status
+//! reports, read by the HTTP service, the `status` command and peer pods during resharding.
 //!
 //! Level 0: serde only, no I/O, so every side of a conversation agrees on one definition.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ownership::{Ordinal, Topology};
+
+/// Header carrying how many milliseconds the owner pod has to answer an interaction before it
+/// must defer it (answer "deferred" and edit the original response later).
+pub const DEADLINE_HEADER: &str = "x-guildshard-deadline-ms";
+
+/// What a gateway pod reports at `GET /internal/v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The pod's ordinal.
+    pub ordinal: Ordinal,
+    /// The topology the pod runs under now.
+    pub topology: Topology,
+    /// The topology it ran under before, while a transition is under way.
+    pub previous_topology: Option<Topology>,
+    /// `active`, `standby`, `draining`, `transitioning`.
+    pub state: String,
+    /// Whether the pod is ready (gateway connected, migrations applied).
+    pub ready: bool,
+    /// Guilds this pod owns under its current topology, among those it has data or events for.
+    pub guilds_owned: u64,
+    /// Guilds this pod holds rows for.
+    pub guilds_held: u64,
+    /// Guilds whose data still has to move to or from this pod.
+    pub handoff_pending: u64,
+    /// Dispatches received from Discord.
+    pub events_seen: u64,
+    /// Dispatches that passed the ownership filter.
+    pub events_owned: u64,
+    /// Dispatches fully handled (written or acted upon).
+    pub events_handled: u64,
+    /// Size of the SQLite database (main file plus WAL), bytes.
+    pub db_size_bytes: u64,
+    /// Identify calls this pod made since start.
+    pub identifies: u64,
+    /// The last error the pod ran into, if any.
+    pub last_error: Option<String>,
+}
+
+/// What the owner pod answers at `POST /internal/v1/interactions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum InteractionOutcome {
+    /// The interaction response to return to Discord as is.
+    Respond {
+        /// A Discord interaction response object (`{"type":4,"data":{...}}`).
+        response: serde_json::Value,
+    },
+    /// The work takes longer than the deadline: answer Discord with a deferred response (type
+    /// 5); the owner edits the original response itself when it is done.
+    Deferred {
+        /// Whether the eventual answer is ephemeral (the deferred response must say so).
+        ephemeral: bool,
+    },
+}
+
+/// The body of a 409 from a pod asked about a guild it does not own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NotOwner {
+    /// The guild asked about.
+    pub guild_id: String,
+    /// The owner under the answering pod's topology.
+    pub owner: Ordinal,
+    /// The answering pod's topology.
+    pub topology: Topology,
+}
+
+/// The error body of the internal API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A short, lower-case description.
+    pub error: String,
+}
