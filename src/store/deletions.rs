@@ -9,7 +9,7 @@
 //!   overwrites a newer one and an edit that precedes its create is kept.
 //! - A delete sets `deleted_at_ms` (the earliest seen wins) and the row never holds content
 //!   again: a create or edit after a delete (delete-before-create) leaves the tombstone alone.
-//!   The gateway renders the deletion-log post from [`cached_message`] *before* it applies the
+//!   The gateway renders the deletion-log post from `Store::cached_message` *before* it applies the
 //!   delete, and passes it as the delete's outbox.
 //! - Purge: content is kept 7 days. [`super::Write::PurgeMessageContent`] deletes every cache
 //!   row whose message is older than the cutoff and records the cutoff (the highest wins) in
@@ -182,4 +182,53 @@ pub(crate) fn export(conn: &Connection, guild: GuildId) -> Result<Vec<CachedMess
         .query_map([guild.0], from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random_state(rng: &mut impl Rng) -> CachedMessage {
+        let deleted = rng.gen_bool(0.3);
+        CachedMessage {
+            message_id: 7,
+            channel_id: rng.gen_range(1..3),
+            author_id: rng.gen_bool(0.5).then(|| rng.gen_range(1..3)),
+            // Reachable states only: every create and edit carries text, a delete drops it.
+            content: (!deleted).then(|| ["a", "b", "c"][rng.gen_range(0..3)].into()),
+            content_version: rng.gen_range(0..3),
+            created_at_ms: 100,
+            deleted_at_ms: deleted.then(|| rng.gen_range(1..4)),
+        }
+    }
+
+    #[test]
+    fn merge_is_commutative_associative_and_idempotent() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..5_000 {
+            let (a, b, c) = (
+                random_state(&mut rng),
+                random_state(&mut rng),
+                random_state(&mut rng),
+            );
+            let ab = merge_rows(&a, &b);
+            assert_eq!(ab, merge_rows(&b, &a), "commutative: {a:?} {b:?}");
+            assert_eq!(
+                merge_rows(&ab, &c),
+                merge_rows(&a, &merge_rows(&b, &c)),
+                "associative"
+            );
+            assert_eq!(merge_rows(&ab, &b), ab, "idempotent");
+        }
+    }
+
+    #[test]
+    fn a_deleted_message_never_holds_content() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        for _ in 0..1_000 {
+            let merged = merge_rows(&random_state(&mut rng), &random_state(&mut rng));
+            assert!(merged.deleted_at_ms.is_none() || merged.content.is_none());
+        }
+    }
 }

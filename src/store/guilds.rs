@@ -1,7 +1,7 @@
-//! Moving a guild between pods: [`export`] reads every row of every guild table for one guild,
-//! [`import`] merges such an export with the same idempotent rules as live writes, and
-//! [`delete`] removes the guild from every table. Also the per-guild diagnostics
-//! ([`guild_ids`], [`row_counts`]).
+//! Moving a guild between pods: `Store::export_guild` reads every row of every guild table for
+//! one guild into a [`GuildExport`], [`super::Write::ImportGuild`] merges such an export with the
+//! same idempotent rules as live writes, and [`super::Write::DeleteGuild`] removes the guild from
+//! every table. Also the per-guild diagnostics (`guild_ids`, `row_counts`).
 //!
 //! Because import uses the live merge rules, exporting from A and importing into an empty B
 //! reproduces A's rows; importing twice changes nothing; importing into a B that already holds

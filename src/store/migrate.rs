@@ -83,6 +83,7 @@ fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails on any unexpected error
 mod tests {
     use super::*;
 
