@@ -754,3 +754,19 @@ async fn a_failing_write_fails_alone() {
     assert_eq!(store.writer_stats().failed_writes, 1);
     store.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn close_flushes_what_was_queued_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir, "flush");
+    let store = Store::open(&path).await.unwrap();
+    let n = 100u64;
+    let writes = (0..n).map(|i| store.apply(created(G, CH, sf(T0, i), 1, false, "q")));
+    // join! polls in order: every write is queued (the queue holds them all) before close is.
+    let (results, closed) = tokio::join!(futures::future::join_all(writes), store.close());
+    closed.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let reopened = Store::open(&path).await.unwrap();
+    assert_eq!(reopened.message_ids(G).await.unwrap().len() as u64, n);
+    reopened.close().await.unwrap();
+}

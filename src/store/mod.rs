@@ -520,8 +520,55 @@ pub fn utc_date(day: i64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails on any unexpected error
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_write_connection_has_the_litestream_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/bot.db");
+        let (conn, readers, _) = open_blocking(&path, StoreOptions::default()).unwrap();
+        let pragma = |name: &str| -> String {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .unwrap()
+        };
+        assert_eq!(pragma("journal_mode"), "wal");
+        assert_eq!(pragma("synchronous"), "1", "NORMAL");
+        assert_eq!(pragma("busy_timeout"), "5000");
+        assert_eq!(pragma("foreign_keys"), "1");
+        assert_eq!(
+            pragma("wal_autocheckpoint"),
+            "0",
+            "Litestream owns checkpoints"
+        );
+        assert_eq!(readers.len(), READERS);
+        let readonly: i64 = readers[0]
+            .query_row("SELECT count(*) FROM activity", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(readonly, 0);
+        assert!(
+            readers[0].execute("DELETE FROM activity", []).is_err(),
+            "readers are read-only"
+        );
+
+        let plain = StoreOptions {
+            litestream_checkpoints: false,
+            ..StoreOptions::default()
+        };
+        let (conn, _, _) = open_blocking(&dir.path().join("plain.db"), plain).unwrap();
+        let n: i64 = conn
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1000, "SQLite's default when no Litestream watches");
+    }
 
     #[test]
     fn utc_dates() {

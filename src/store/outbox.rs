@@ -3,9 +3,9 @@
 //! Merge rule: a row is keyed by the caller's `key` (derived from the causing event, e.g.
 //! `report:<guild>:<message>:<reporter>`), inserted with `INSERT OR IGNORE`, so a replayed event
 //! never enqueues a second post. Sent is a one-way flag: the first recorded message id stays
-//! (on a merge, the smaller). A sender task lists pending rows (`Store::pending_outbox`) oldest first (insertion
-//! order) and posts each with a Discord nonce derived from the key. Rows of a guild move with the
-//! guild; DM rows have no guild.
+//! (on a merge, the smaller). A sender task lists pending rows (`Store::pending_outbox`) oldest
+//! first (insertion order) and posts each with a Discord nonce derived from the key. Rows of a
+//! guild move with the guild; DM rows have no guild.
 
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};

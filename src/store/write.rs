@@ -143,8 +143,9 @@ pub enum Write {
         content_excerpt: String,
         /// When it was reported.
         at_ms: u64,
-        /// Posts caused by this report (the mod-log post; key it by guild, message and
-        /// reporter so a second report of the same message posts nothing).
+        /// Posts caused by this report (the mod-log post). Enqueued only with the first report
+        /// of this message by this reporter, so a second report of it posts nothing whatever
+        /// its key.
         outbox: Vec<OutboxMessage>,
     },
     /// `/setup`: each channel given is last-writer-wins by `interaction_id`; a `None` channel
