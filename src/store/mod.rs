@@ -35,11 +35,11 @@ use tokio::sync::Semaphore;
 
 use crate::ownership::GuildId;
 
-pub use activity::{DayStats, UserStats};
+pub use activity::{ActivityRow, DayStats, UserStats};
 pub use deletions::CachedMessage;
-pub use guilds::{GuildExport, EXPORT_FORMAT_VERSION};
-pub use moderation::{GuildSettings, ModAction, ModActionKind, ModLog, Report};
-pub use outbox::{OutboxMessage, PendingOutbox};
+pub use guilds::{GuildExport, MemberEvent, EXPORT_FORMAT_VERSION};
+pub use moderation::{GuildSettings, ModAction, ModActionKind, ModLog, Report, SettingsRow};
+pub use outbox::{OutboxMessage, OutboxRow, PendingOutbox};
 pub use write::{Applied, Write};
 pub use writer::WriterStats;
 
