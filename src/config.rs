@@ -46,6 +46,11 @@ pub const ENV_PUBLIC_BIND_ADDR: &str = "PUBLIC_BIND_ADDR";
 pub const ENV_INTERNAL_BIND_ADDR: &str = "INTERNAL_BIND_ADDR";
 /// Where the HTTP service listens.
 pub const ENV_HTTP_BIND_ADDR: &str = "HTTP_BIND_ADDR";
+/// `true` (default) when a Litestream sidecar manages checkpoints; `false` lets SQLite
+/// checkpoint by itself (local runs without Litestream).
+pub const ENV_LITESTREAM_ENABLED: &str = "LITESTREAM_ENABLED";
+/// Fault injection for tests and drills: delay every command by this many milliseconds.
+pub const ENV_FAULT_COMMAND_DELAY_MS: &str = "FAULT_COMMAND_DELAY_MS";
 
 const DEFAULT_PUBLIC_BIND: &str = "0.0.0.0:8080";
 const DEFAULT_INTERNAL_BIND: &str = "0.0.0.0:8081";
@@ -118,6 +123,8 @@ struct RawEnv {
     public_bind_addr: Option<String>,
     internal_bind_addr: Option<String>,
     http_bind_addr: Option<String>,
+    litestream_enabled: Option<String>,
+    fault_command_delay_ms: Option<String>,
 }
 
 impl RawEnv {
@@ -151,6 +158,8 @@ const KNOWN: &[&str] = &[
     ENV_PUBLIC_BIND_ADDR,
     ENV_INTERNAL_BIND_ADDR,
     ENV_HTTP_BIND_ADDR,
+    ENV_LITESTREAM_ENABLED,
+    ENV_FAULT_COMMAND_DELAY_MS,
 ];
 
 /// How to reach Discord (or the emulator).
@@ -211,6 +220,10 @@ pub struct GatewayConfig {
     pub public_bind: SocketAddr,
     /// `/internal/v1/*`.
     pub internal_bind: SocketAddr,
+    /// Whether Litestream manages the database's checkpoints.
+    pub litestream: bool,
+    /// Fault injection: how long every command waits before running.
+    pub command_delay: std::time::Duration,
 }
 
 impl GatewayConfig {
@@ -240,6 +253,23 @@ impl GatewayConfig {
                 &raw.internal_bind_addr,
                 DEFAULT_INTERNAL_BIND,
             )?,
+            litestream: match raw.litestream_enabled.as_deref().map(str::trim) {
+                None | Some("true") | Some("1") => true,
+                Some("false") | Some("0") => false,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        ENV_LITESTREAM_ENABLED,
+                        format!("must be true or false, got {other:?}"),
+                    ))
+                }
+            },
+            command_delay: std::time::Duration::from_millis(
+                raw.fault_command_delay_ms
+                    .as_deref()
+                    .map(|v| parse_num(ENV_FAULT_COMMAND_DELAY_MS, v, "milliseconds"))
+                    .transpose()?
+                    .unwrap_or(0),
+            ),
         })
     }
 

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! Imports only point down the levels:
-//! - L0 [`ownership`] (the one guild→pod function), [`config`] (env), [`shutdown`],
+//! - L0 [`ownership`] (the one guild→pod function), [`config`] (env), [`commands`] (the
+//!   command set), [`shutdown`],
 //!   [`telemetry`], [`wire`] (serde types that cross processes, no I/O).
 //! - L1 [`store`] (per-pod SQLite: migrations, batched writer, idempotent upserts, guild
 //!   export/import) and [`emulator`] (a local Discord: gateway WebSocket, REST, control API,
@@ -18,6 +19,7 @@
 //! `http` never imports `store`; `emulator` never imports `gateway` or `http`
 //! (`tests/architecture.rs` checks this).
 
+pub mod commands;
 pub mod config;
 pub mod emulator;
 pub mod gateway;

@@ -1,1 +1,243 @@
-//! gateway: not yet written.
+//! A gateway pod (DESIGN §6): serenity shards whose every dispatch passes the ownership filter,
+//! the bot's features writing through the store, the outbox sender, the internal API and the
+//! public probes.
+//!
+//! Level 3: uses `store`, `reshard`, `ownership`, `config`, `wire`, `commands`.
+//!
+//! Shutdown order (SIGTERM): mark not ready, close the shards with a resumable code (no new
+//! events), wait for in-flight handlers, stop the outbox sender, flush and close the store, then
+//! stop the HTTP listeners. Nothing acknowledged is lost: a write is acknowledged only after its
+//! commit.
+
+pub mod classify;
+pub mod commands;
+pub mod discord;
+pub mod features;
+pub mod handler;
+pub mod internal_api;
+pub mod metrics;
+pub mod outbox;
+pub mod pod;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::config::GatewayConfig;
+use crate::gateway::features::now_ms;
+use crate::gateway::metrics::Metrics;
+use crate::gateway::pod::Pod;
+use crate::reshard::topology::{OwnershipView, Processing};
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreOptions, Write};
+
+/// How long in-flight handlers may take to finish once the shards are closed.
+const DRAIN_HANDLERS: Duration = Duration::from_secs(10);
+/// How often cached message content older than the retention is purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// Deleted-message content is kept this long (DESIGN §5).
+const CONTENT_RETENTION_MS: u64 = 7 * 86_400_000;
+/// The meta key holding the topology this pod last ran under.
+pub const META_TOPOLOGY: &str = "topology";
+
+/// The two listeners a gateway pod serves on, already bound.
+pub struct Listeners {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub public: TcpListener,
+    /// `/internal/v1/*`.
+    pub internal: TcpListener,
+}
+
+/// Why the pod could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened or migrated.
+    #[error("opening the database: {0}")]
+    Store(#[from] crate::store::Error),
+    /// Discord (or the emulator) refused or was unreachable at start.
+    #[error(transparent)]
+    Connect(#[from] discord::ConnectError),
+    /// A listener failed.
+    #[error("serving http: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs a gateway pod until `shutdown` is triggered, then drains it.
+pub async fn run(
+    cfg: GatewayConfig,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    let pod_name = format!("gateway-{}", cfg.ordinal);
+    let span = tracing::info_span!("pod", pod = %pod_name);
+    run_pod(cfg, listeners, shutdown, pod_name)
+        .instrument(span)
+        .await
+}
+
+async fn run_pod(
+    cfg: GatewayConfig,
+    listeners: Listeners,
+    shutdown: Shutdown,
+    pod_name: String,
+) -> Result<(), Error> {
+    let store = Store::open_with(
+        &cfg.database_path,
+        StoreOptions {
+            litestream_checkpoints: cfg.litestream,
+            ..StoreOptions::default()
+        },
+    )
+    .await?;
+    let previous = remember_topology(&store, &cfg).await?;
+    if let Some(previous) = previous {
+        info!(%previous, current = %cfg.topology, "topology changed since this pod last ran");
+    }
+    if cfg.is_standby() {
+        info!(ordinal = %cfg.ordinal, topology = %cfg.topology, "standby: this ordinal owns no guilds under the configured topology");
+    }
+
+    let rest = Arc::new(discord::rest_client(&cfg.discord));
+    discord::ensure_application_id(&rest).await?;
+    let pod = Arc::new(Pod {
+        name: pod_name.clone(),
+        ownership: OwnershipView::new(
+            cfg.ordinal,
+            Processing {
+                current: cfg.topology,
+                previous: None,
+            },
+        ),
+        store: store.clone(),
+        metrics: Metrics::new(&pod_name),
+        rest,
+        outbox_wake: Notify::new(),
+        inflight: TaskTracker::new(),
+        stopping: AtomicBool::new(false),
+        connected: AtomicBool::new(false),
+        identifies: AtomicU64::new(0),
+        guilds: Mutex::new(HashSet::new()),
+        last_error: Mutex::new(None),
+        command_delay: cfg.command_delay,
+    });
+
+    // HTTP surfaces first, so probes answer (not ready) while the shards connect.
+    let servers = Shutdown::new();
+    let public = serve(
+        listeners.public,
+        internal_api::public_app(pod.clone()),
+        &servers,
+    );
+    let internal = serve(
+        listeners.internal,
+        internal_api::internal_app(pod.clone(), cfg.internal_token.clone()),
+        &servers,
+    );
+
+    if cfg.ordinal.0 == 0 {
+        register_commands(&pod).await;
+    }
+    let shards = discord::start(&cfg.discord, pod.clone()).await?;
+
+    let background = Shutdown::new();
+    let outbox = tokio::spawn(outbox::run(pod.clone(), background.cancelled()).in_current_span());
+    let purge = tokio::spawn(purge_loop(pod.clone(), background.cancelled()).in_current_span());
+
+    shutdown.cancelled().await;
+    info!("shutting down: closing the gateway, draining handlers, flushing the database");
+    pod.stopping.store(true, Ordering::Relaxed);
+    shards.close().await;
+    pod.inflight.close();
+    if tokio::time::timeout(DRAIN_HANDLERS, pod.inflight.wait())
+        .await
+        .is_err()
+    {
+        warn!("event handlers still running after the drain period");
+    }
+    background.trigger();
+    let _ = outbox.await;
+    let _ = purge.await;
+    store.close().await?;
+    servers.trigger();
+    let _ = public.await;
+    let _ = internal.await;
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// Records the topology this run uses and returns the one the pod ran under before, if it
+/// differs (the start of a transition, DESIGN §7.1).
+async fn remember_topology(
+    store: &Store,
+    cfg: &GatewayConfig,
+) -> Result<Option<crate::ownership::Topology>, crate::store::Error> {
+    let previous = store
+        .meta(META_TOPOLOGY)
+        .await?
+        .and_then(|v| serde_json::from_str::<crate::ownership::Topology>(&v).ok());
+    let current = serde_json::to_string(&cfg.topology).unwrap_or_default();
+    store
+        .apply(Write::SetMeta {
+            key: META_TOPOLOGY.into(),
+            value: current,
+        })
+        .await?;
+    Ok(previous.filter(|p| *p != cfg.topology))
+}
+
+/// Ordinal 0 registers the command set with one bulk overwrite (idempotent).
+async fn register_commands(pod: &Pod) {
+    let definitions = serde_json::Value::Array(crate::commands::definitions());
+    match pod.rest.create_global_commands(&definitions).await {
+        Ok(registered) => info!(
+            commands = registered.len(),
+            "application commands registered"
+        ),
+        Err(err) => {
+            pod.metrics.rest_error("register_commands");
+            pod.record_error(format!("registering commands: {err}"));
+            warn!(cause = %err, "could not register application commands");
+        }
+    }
+}
+
+fn serve(listener: TcpListener, app: axum::Router, stop: &Shutdown) -> tokio::task::JoinHandle<()> {
+    let stopped = stop.cancelled();
+    tokio::spawn(
+        async move {
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                warn!(cause = %err, "http listener failed");
+            }
+        }
+        .in_current_span(),
+    )
+}
+
+async fn purge_loop(pod: Arc<Pod>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let cutoff = now_ms().saturating_sub(CONTENT_RETENTION_MS);
+        if let Err(err) = pod
+            .store
+            .apply(Write::PurgeMessageContent {
+                older_than_ms: cutoff,
+            })
+            .await
+        {
+            warn!(cause = %err, "purging old message content failed");
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+    }
+}

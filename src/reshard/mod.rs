@@ -4,3 +4,4 @@
 //! Level 2: uses `ownership`, `store` and `wire`.
 
 pub mod plan;
+pub mod topology;

@@ -1,0 +1,85 @@
+//! The serenity event handler: every dispatch is classified, passes the ownership filter, and
+//! only then reaches a feature. Errors are logged and counted; they never stop the pod.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serenity::client::{Context, RawEventHandler};
+use serenity::model::event::Event;
+use tracing::{debug, warn, Instrument};
+
+use crate::gateway::classify::classify;
+use crate::gateway::features;
+use crate::gateway::pod::Pod;
+
+/// Receives every dispatch of every shard this pod runs.
+pub struct Handler {
+    pod: Arc<Pod>,
+}
+
+impl Handler {
+    /// A handler working for `pod`.
+    pub fn new(pod: Arc<Pod>) -> Self {
+        Handler { pod }
+    }
+}
+
+#[serenity::async_trait]
+impl RawEventHandler for Handler {
+    async fn raw_event(&self, _ctx: Context, event: Event) {
+        let pod = &self.pod;
+        let class = classify(&event);
+        pod.metrics.seen(&class.kind);
+        match &event {
+            Event::Unknown(unknown) => {
+                // serenity turns a known event whose payload it cannot parse into Unknown; count
+                // it so a protocol drift shows up instead of silently losing data.
+                pod.metrics
+                    .events_unknown
+                    .get_or_create(&crate::gateway::metrics::EventLabels {
+                        kind: unknown.kind.clone(),
+                    })
+                    .inc();
+                warn!(kind = %unknown.kind, "dispatch the client library could not parse");
+                return;
+            }
+            Event::Ready(ready) => {
+                pod.identifies.fetch_add(1, Ordering::Relaxed);
+                pod.connected.store(true, Ordering::Relaxed);
+                pod.metrics.gateway_ready.inc();
+                tracing::info!(shard = ?ready.ready.shard.map(|s| s.id.0), session = %ready.ready.session_id, "gateway session ready");
+            }
+            Event::Resumed(_) => {
+                pod.connected.store(true, Ordering::Relaxed);
+                pod.metrics.gateway_resumed.inc();
+                tracing::info!("gateway session resumed");
+            }
+            _ => {}
+        }
+        if !pod.ownership.processes(class.guild) {
+            return;
+        }
+        pod.metrics.owned(&class.kind);
+        // Registered before any work so shutdown waits for this event before flushing.
+        let _inflight = pod.inflight.token();
+        let span = tracing::info_span!(
+            "event",
+            kind = %class.kind,
+            guild_id = class.guild.map(|g| g.0),
+        );
+        match features::dispatch(pod, event).instrument(span).await {
+            Ok(()) => pod.metrics.handled(&class.kind),
+            Err(err) => {
+                pod.metrics
+                    .events_failed
+                    .get_or_create(&crate::gateway::metrics::EventLabels {
+                        kind: class.kind.clone(),
+                    })
+                    .inc();
+                pod.record_error(&err);
+                warn!(kind = %class.kind, guild_id = class.guild.map(|g| g.0), cause = %err, "event handling failed");
+            }
+        }
+        debug!(kind = %class.kind, "event done");
+    }
+}

@@ -1,0 +1,297 @@
+//! The gateway pod's HTTP surfaces: the internal API (`/internal/v1/*`, bearer-token
+//! protected, for the HTTP service and peer pods) and the public probes (`/healthz`, `/readyz`,
+//! `/metrics`), each on its own listener.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serenity::model::application::Interaction;
+use tracing::warn;
+
+use crate::config::Secret;
+use crate::gateway::commands;
+use crate::gateway::pod::Pod;
+use crate::ownership::{owner, GuildId};
+use crate::wire::{ErrorBody, InteractionOutcome, NotOwner, StatusReport, DEADLINE_HEADER};
+
+/// Largest interaction body accepted (Discord's payloads are a few KiB; resolved messages can
+/// make them larger).
+const MAX_INTERACTION_BODY: usize = 256 * 1024;
+/// How long a command may run before it is deferred, when the caller does not say.
+const DEFAULT_DEADLINE: Duration = Duration::from_millis(2500);
+
+/// An internal API failure, answered as JSON.
+#[derive(Debug)]
+pub enum ApiError {
+    /// Missing or wrong bearer token.
+    Unauthorized,
+    /// The request is malformed.
+    BadRequest(String),
+    /// The guild belongs to another pod.
+    NotOwner(NotOwner),
+    /// Something failed inside the pod; the details go to the log, not the caller.
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                Json(ErrorBody {
+                    error: "missing or invalid bearer token".into(),
+                }),
+            )
+                .into_response(),
+            ApiError::BadRequest(why) => {
+                (StatusCode::BAD_REQUEST, Json(ErrorBody { error: why })).into_response()
+            }
+            ApiError::NotOwner(body) => (StatusCode::CONFLICT, Json(body)).into_response(),
+            ApiError::Internal(cause) => {
+                warn!(cause = %cause, "internal API request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(ErrorBody {
+                        error: "internal error".into(),
+                    }),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+impl From<crate::store::Error> for ApiError {
+    fn from(err: crate::store::Error) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+}
+
+#[derive(Clone)]
+struct ApiState {
+    pod: Arc<Pod>,
+    token: Secret,
+}
+
+/// The internal API router.
+pub fn internal_app(pod: Arc<Pod>, token: Secret) -> Router {
+    let state = ApiState { pod, token };
+    Router::new()
+        .route("/internal/v1/status", get(status))
+        .route(
+            "/internal/v1/interactions",
+            post(interaction).layer(DefaultBodyLimit::max(MAX_INTERACTION_BODY)),
+        )
+        .route("/internal/v1/guilds/{id}/export", get(export))
+        .route("/internal/v1/guilds/{id}/stats", get(guild_stats))
+        .route(
+            "/internal/v1/guilds/{id}",
+            axum::routing::delete(delete_guild),
+        )
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_bearer,
+        ))
+        .with_state(state)
+}
+
+/// The public probes and metrics router.
+pub fn public_app(pod: Arc<Pod>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(pod)
+}
+
+async fn require_bearer(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.expose().as_bytes()) => {
+            Ok(next.run(request).await)
+        }
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_guild(id: &str) -> Result<GuildId, ApiError> {
+    id.parse()
+        .map_err(|e: crate::ownership::ParseGuildIdError| ApiError::BadRequest(e.to_string()))
+}
+
+fn not_owner(pod: &Pod, guild: GuildId) -> ApiError {
+    let topology = pod.ownership.processing().current;
+    ApiError::NotOwner(NotOwner {
+        guild_id: guild.to_string(),
+        owner: owner(guild, topology),
+        topology,
+    })
+}
+
+/// Builds the status report (also used by the resharding coordinator).
+pub async fn status_report(pod: &Pod) -> StatusReport {
+    let processing = pod.ownership.processing();
+    let totals = pod.metrics.totals();
+    let guild_ids = pod.store.guild_ids().await.unwrap_or_default();
+    let standby = !processing.current.is_member(pod.ordinal());
+    let state = if pod.stopping.load(Ordering::Relaxed) {
+        "stopping"
+    } else if processing.previous.is_some() {
+        "transitioning"
+    } else if standby {
+        "standby"
+    } else {
+        "active"
+    };
+    StatusReport {
+        ordinal: pod.ordinal(),
+        topology: processing.current,
+        previous_topology: processing.previous,
+        state: state.to_owned(),
+        ready: pod.is_ready(),
+        guilds_owned: pod.guilds_owned(),
+        guilds_held: guild_ids.len() as u64,
+        handoff_pending: guild_ids
+            .iter()
+            .filter(|g| !pod.ownership.owns(**g))
+            .count() as u64,
+        events_seen: totals.seen.load(Ordering::Relaxed),
+        events_owned: totals.owned.load(Ordering::Relaxed),
+        events_handled: totals.handled.load(Ordering::Relaxed),
+        db_size_bytes: pod.store.db_size_bytes().await.unwrap_or(0),
+        identifies: pod.identifies.load(Ordering::Relaxed),
+        last_error: pod.last_error(),
+    }
+}
+
+async fn status(State(state): State<ApiState>) -> Json<StatusReport> {
+    Json(status_report(&state.pod).await)
+}
+
+async fn interaction(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<InteractionOutcome>, ApiError> {
+    let interaction: Interaction = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("not a Discord interaction: {e}")))?;
+    let Interaction::Command(command) = interaction else {
+        return Ok(Json(InteractionOutcome::Respond {
+            response: commands::Reply::private_text("That kind of interaction isn't supported.")
+                .into_response(),
+        }));
+    };
+    let guild = command.guild_id.map(|g| GuildId(g.get()));
+    if !state.pod.ownership.processes(guild) {
+        return Err(match guild {
+            Some(g) => not_owner(&state.pod, g),
+            None => ApiError::BadRequest("direct-message interactions go to ordinal 0".into()),
+        });
+    }
+    let deadline = headers
+        .get(DEADLINE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_DEADLINE, |ms| Duration::from_millis(ms.min(10_000)));
+    Ok(Json(
+        commands::execute_within(state.pod.clone(), command, deadline).await,
+    ))
+}
+
+async fn export(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let guild = parse_guild(&id)?;
+    let export = state.pod.store.export_guild(guild).await?;
+    // A previous owner serves what it holds; a pod that neither owns nor holds the guild
+    // points the caller at the owner.
+    if !state.pod.ownership.processes(Some(guild)) && export.rows() == 0 {
+        return Err(not_owner(&state.pod, guild));
+    }
+    Ok(Json(export).into_response())
+}
+
+async fn guild_stats(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let guild = parse_guild(&id)?;
+    if !state.pod.ownership.processes(Some(guild)) {
+        return Err(not_owner(&state.pod, guild));
+    }
+    let rows = state.pod.store.row_counts(guild).await?;
+    let days = state.pod.store.server_stats(guild, 0).await?;
+    Ok(Json(serde_json::json!({
+        "guild_id": guild.to_string(),
+        "ordinal": state.pod.ordinal(),
+        "rows": rows,
+        "days": days,
+    }))
+    .into_response())
+}
+
+async fn delete_guild(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let guild = parse_guild(&id)?;
+    // Deleting a guild this pod still owns would lose its data: only a previous owner may.
+    if state.pod.ownership.owns(guild) {
+        return Err(ApiError::BadRequest(format!(
+            "guild {guild} is owned by this pod; only a previous owner deletes its copy"
+        )));
+    }
+    let before = state.pod.store.row_counts(guild).await?;
+    state
+        .pod
+        .store
+        .apply(crate::store::Write::DeleteGuild(guild))
+        .await?;
+    Ok(
+        Json(serde_json::json!({ "guild_id": guild.to_string(), "deleted": before }))
+            .into_response(),
+    )
+}
+
+async fn readyz(State(pod): State<Arc<Pod>>) -> impl IntoResponse {
+    if pod.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(pod): State<Arc<Pod>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        pod.metrics.encode(&pod.name, &pod.store.writer_stats()),
+    )
+}

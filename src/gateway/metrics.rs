@@ -1,0 +1,257 @@
+//! The gateway pod's Prometheus metrics. Every series carries the `pod` label (set once on the
+//! registry), so one scrape config covers the whole StatefulSet.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::store::WriterStats;
+
+/// Labels of per-event-type series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// The dispatch name (`MESSAGE_CREATE`, ...).
+    pub kind: String,
+}
+
+/// Labels of REST error series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestLabels {
+    /// What the pod was doing (`outbox`, `edit_original`, `register_commands`).
+    pub call: String,
+}
+
+/// Every metric the gateway pod exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Dispatches received, by type.
+    pub events_received: Family<EventLabels, Counter>,
+    /// Dispatches that passed the ownership filter, by type.
+    pub events_owned: Family<EventLabels, Counter>,
+    /// Dispatches handled to completion, by type.
+    pub events_handled: Family<EventLabels, Counter>,
+    /// Dispatches serenity could not map to a known event (`Event::Unknown`), by type.
+    pub events_unknown: Family<EventLabels, Counter>,
+    /// Dispatches whose handling failed, by type.
+    pub events_failed: Family<EventLabels, Counter>,
+    /// REST calls to Discord that failed.
+    pub rest_errors: Family<RestLabels, Counter>,
+    /// Gateway sessions (re)started: READY received.
+    pub gateway_ready: Counter,
+    /// Gateway sessions resumed: RESUMED received.
+    pub gateway_resumed: Counter,
+    /// Messages posted by the outbox (mod-log, deletion log, DM help).
+    pub outbox_sent: Counter,
+    /// Interactions executed for the HTTP service.
+    pub interactions: Family<EventLabels, Counter>,
+    /// Guilds this pod has seen and owns.
+    pub guilds_owned: Gauge,
+    totals: Totals,
+}
+
+/// Plain totals for the status report (the families above are per label).
+#[derive(Default)]
+pub struct Totals {
+    /// Dispatches received.
+    pub seen: AtomicU64,
+    /// Dispatches owned.
+    pub owned: AtomicU64,
+    /// Dispatches handled.
+    pub handled: AtomicU64,
+}
+
+impl Metrics {
+    /// A registry whose every series has `pod="gateway-<ordinal>"`.
+    pub fn new(pod: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "guildshard",
+            [("pod".into(), pod.to_owned().into())].into_iter(),
+        );
+        let m = Metrics {
+            events_received: Family::default(),
+            events_owned: Family::default(),
+            events_handled: Family::default(),
+            events_unknown: Family::default(),
+            events_failed: Family::default(),
+            rest_errors: Family::default(),
+            gateway_ready: Counter::default(),
+            gateway_resumed: Counter::default(),
+            outbox_sent: Counter::default(),
+            interactions: Family::default(),
+            guilds_owned: Gauge::default(),
+            totals: Totals::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "gateway_events_received",
+            "Dispatches received from Discord",
+            m.events_received.clone(),
+        );
+        registry.register(
+            "gateway_events_owned",
+            "Dispatches that passed the ownership filter",
+            m.events_owned.clone(),
+        );
+        registry.register(
+            "gateway_events_handled",
+            "Dispatches handled to completion",
+            m.events_handled.clone(),
+        );
+        registry.register(
+            "gateway_events_unknown",
+            "Dispatches the client library could not parse",
+            m.events_unknown.clone(),
+        );
+        registry.register(
+            "gateway_events_failed",
+            "Dispatches whose handling failed",
+            m.events_failed.clone(),
+        );
+        registry.register(
+            "rest_errors",
+            "Failed REST calls to Discord",
+            m.rest_errors.clone(),
+        );
+        registry.register(
+            "gateway_ready",
+            "Gateway sessions started (READY)",
+            m.gateway_ready.clone(),
+        );
+        registry.register(
+            "gateway_resumed",
+            "Gateway sessions resumed (RESUMED)",
+            m.gateway_resumed.clone(),
+        );
+        registry.register(
+            "outbox_sent",
+            "Messages posted from the outbox",
+            m.outbox_sent.clone(),
+        );
+        registry.register(
+            "interactions",
+            "Interactions executed, by command",
+            m.interactions.clone(),
+        );
+        registry.register(
+            "guilds_owned",
+            "Guilds seen that this pod owns",
+            m.guilds_owned.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a received dispatch.
+    pub fn seen(&self, kind: &str) {
+        self.totals.seen.fetch_add(1, Ordering::Relaxed);
+        self.events_received.get_or_create(&label(kind)).inc();
+    }
+
+    /// Counts a dispatch that passed the filter.
+    pub fn owned(&self, kind: &str) {
+        self.totals.owned.fetch_add(1, Ordering::Relaxed);
+        self.events_owned.get_or_create(&label(kind)).inc();
+    }
+
+    /// Counts a dispatch handled to completion.
+    pub fn handled(&self, kind: &str) {
+        self.totals.handled.fetch_add(1, Ordering::Relaxed);
+        self.events_handled.get_or_create(&label(kind)).inc();
+    }
+
+    /// Counts a failed REST call.
+    pub fn rest_error(&self, call: &str) {
+        self.rest_errors
+            .get_or_create(&RestLabels {
+                call: call.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The plain totals.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The Prometheus text exposition of every metric, plus the store writer's figures.
+    pub fn encode(&self, pod: &str, writer: &WriterStats) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        // The writer keeps its own counters (it lives below this module); render them in the
+        // same exposition, before the OpenMetrics end marker.
+        let body_end = out.rfind("# EOF").unwrap_or(out.len());
+        out.truncate(body_end);
+        let _ = encode_writer(&mut out, pod, writer);
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+fn encode_writer(out: &mut String, pod: &str, w: &WriterStats) -> std::fmt::Result {
+    let counters = [
+        (
+            "guildshard_writer_commits",
+            "Writer transactions committed",
+            w.commits,
+        ),
+        (
+            "guildshard_writer_commit_failures",
+            "Writer transactions that failed",
+            w.commit_failures,
+        ),
+        ("guildshard_writer_writes", "Writes applied", w.writes),
+        (
+            "guildshard_writer_failed_writes",
+            "Writes that failed",
+            w.failed_writes,
+        ),
+    ];
+    for (name, help, value) in counters {
+        writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total{{pod=\"{pod}\"}} {value}"
+        )?;
+    }
+    writeln!(out, "# HELP guildshard_writer_queue_depth Writes waiting for the writer.\n# TYPE guildshard_writer_queue_depth gauge\nguildshard_writer_queue_depth{{pod=\"{pod}\"}} {}", w.queue_depth)?;
+    let histograms = [
+        (
+            "guildshard_writer_batch_size",
+            "Writes per writer transaction",
+            &w.batch_size_buckets,
+            None,
+        ),
+        (
+            "guildshard_writer_commit_seconds",
+            "Time to commit one writer transaction",
+            &w.commit_seconds_buckets,
+            Some(w.commit_seconds_sum),
+        ),
+    ];
+    for (name, help, buckets, sum) in histograms {
+        writeln!(out, "# HELP {name} {help}.\n# TYPE {name} histogram")?;
+        for (le, count) in buckets.iter() {
+            writeln!(out, "{name}_bucket{{le=\"{le}\",pod=\"{pod}\"}} {count}")?;
+        }
+        writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\",pod=\"{pod}\"}} {}",
+            w.batches()
+        )?;
+        writeln!(out, "{name}_count{{pod=\"{pod}\"}} {}", w.batches())?;
+        if let Some(sum) = sum {
+            writeln!(out, "{name}_sum{{pod=\"{pod}\"}} {sum}")?;
+        }
+    }
+    Ok(())
+}
+
+fn label(kind: &str) -> EventLabels {
+    EventLabels {
+        kind: kind.to_owned(),
+    }
+}
