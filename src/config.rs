@@ -458,9 +458,7 @@ mod tests {
         ]
     }
 
-    fn gateway_with(
-        overrides: &[(&'static str, &'static str)],
-    ) -> Result<GatewayConfig, ConfigError> {
+    fn gateway_with(overrides: &[(&'static str, &'static str)]) -> Result<GatewayConfig, ConfigError> {
         let mut pairs = gateway_env();
         pairs.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
         pairs.extend(overrides.iter().filter(|(_, v)| *v != "<unset>"));

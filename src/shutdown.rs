@@ -54,10 +54,7 @@ impl Shutdown {
     pub async fn drain(&self, grace: Duration) -> bool {
         self.trigger();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-        {
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_ok() {
             true
         } else {
             tracing::warn!(

@@ -41,23 +41,14 @@ fn owner_rejects_bad_input_with_one_line_and_exit_two() {
     ] {
         let out = run_cli(args, &[], None);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert_eq!(
-            stderr(&out).trim().lines().count(),
-            1,
-            "{args:?}: {}",
-            stderr(&out)
-        );
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{args:?}: {}", stderr(&out));
         assert!(stdout(&out).is_empty(), "no partial output for {args:?}");
     }
 }
 
 #[test]
 fn plan_prints_the_moved_fraction_and_matrix() {
-    let out = run_cli(
-        &["plan", "--from", "3", "--to", "4", "--strategy", "jump"],
-        &[],
-        None,
-    );
+    let out = run_cli(&["plan", "--from", "3", "--to", "4", "--strategy", "jump"], &[], None);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let first = text.lines().next().expect("a summary line");
@@ -73,29 +64,13 @@ fn plan_over_a_guild_file() {
     let path = dir.path().join("guilds.txt");
     std::fs::write(&path, "81384788765712384\n0\n1\n").expect("write");
     let out = run_cli(
-        &[
-            "plan",
-            "--from",
-            "1",
-            "--to",
-            "3",
-            "--guilds",
-            path.to_str().expect("utf-8"),
-        ],
+        &["plan", "--from", "1", "--to", "3", "--guilds", path.to_str().expect("utf-8")],
         &[],
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).starts_with("md5/1 -> md5/3: "),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        stdout(&out).contains("of 3 guilds move"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).starts_with("md5/1 -> md5/3: "), "{}", stdout(&out));
+    assert!(stdout(&out).contains("of 3 guilds move"), "{}", stdout(&out));
 }
 
 #[test]

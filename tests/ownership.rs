@@ -75,11 +75,7 @@ fn both_strategies_are_balanced_up_to_sixteen_pods() {
 fn md5_growth_moves_about_n_over_n_plus_one() {
     let ids = ids();
     for n in 1..=12u32 {
-        let plan = Plan::compute(
-            ids.iter().copied(),
-            topo(Strategy::Md5, n),
-            topo(Strategy::Md5, n + 1),
-        );
+        let plan = Plan::compute(ids.iter().copied(), topo(Strategy::Md5, n), topo(Strategy::Md5, n + 1));
         let expected = f64::from(n) / f64::from(n + 1);
         assert!(
             (plan.moved_fraction() - expected).abs() < 0.01,
@@ -99,21 +95,13 @@ fn jump_growth_moves_little_and_only_to_the_new_ordinal() {
         for &g in &ids {
             let (a, b) = (owner(g, from), owner(g, to));
             if a != b {
-                assert_eq!(
-                    b,
-                    Ordinal(n),
-                    "guild {g} moved {a}->{b}, not to the new ordinal"
-                );
+                assert_eq!(b, Ordinal(n), "guild {g} moved {a}->{b}, not to the new ordinal");
                 moved += 1;
             }
         }
         let fraction = moved as f64 / ids.len() as f64;
         let bound = 1.0 / f64::from(n + 1) + 0.01;
-        assert!(
-            fraction <= bound,
-            "jump {n}->{}: moved {fraction:.4} > {bound:.4}",
-            n + 1
-        );
+        assert!(fraction <= bound, "jump {n}->{}: moved {fraction:.4} > {bound:.4}", n + 1);
     }
 }
 
@@ -125,11 +113,7 @@ fn jump_shrink_moves_only_the_removed_ordinals_guilds() {
         for &g in &ids {
             let (a, b) = (owner(g, from), owner(g, to));
             if a != b {
-                assert_eq!(
-                    a,
-                    Ordinal(n - 1),
-                    "guild {g} moved {a}->{b} though {a} stays"
-                );
+                assert_eq!(a, Ordinal(n - 1), "guild {g} moved {a}->{b} though {a} stays");
             }
         }
     }

@@ -26,11 +26,7 @@ pub struct Plan {
 
 impl Plan {
     /// Counts, for every guild, its owner before and after.
-    pub fn compute(
-        guilds: impl IntoIterator<Item = GuildId>,
-        from: Topology,
-        to: Topology,
-    ) -> Self {
+    pub fn compute(guilds: impl IntoIterator<Item = GuildId>, from: Topology, to: Topology) -> Self {
         let rows = from.pods.get() as usize;
         let cols = to.pods.get() as usize;
         let mut matrix = vec![vec![0u64; cols]; rows];

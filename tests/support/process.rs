@@ -28,7 +28,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `guildshard <args>` with exactly `env` (plus PATH/HOME), logging stderr to
     /// `<log_dir>/<name>.log`.
-    pub fn spawn(name: &str, args: &[&str], env: &HashMap<String, String>, log_dir: &Path) -> Proc {
+    pub fn spawn(
+        name: &str,
+        args: &[&str],
+        env: &HashMap<String, String>,
+        log_dir: &Path,
+    ) -> Proc {
         std::fs::create_dir_all(log_dir).expect("log dir");
         let stderr_path = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::OpenOptions::new()
@@ -39,15 +44,8 @@ impl Proc {
         let mut cmd = Command::new(bin());
         cmd.args(args)
             .env_clear()
-            .envs(
-                ["PATH", "HOME"]
-                    .iter()
-                    .filter_map(|k| Some((*k, std::env::var(k).ok()?))),
-            )
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .envs(["PATH", "HOME"].iter().filter_map(|k| Some((*k, std::env::var(k).ok()?))))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -109,22 +107,8 @@ impl Proc {
     /// Stdout and the tail of stderr, for assertion messages.
     pub fn diagnostics(&self) -> String {
         let err = self.stderr();
-        let tail: String = err
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        format!(
-            "--- {} stdout ---\n{}\n--- {} stderr (tail) ---\n{}",
-            self.name,
-            self.stdout().join("\n"),
-            self.name,
-            tail
-        )
+        let tail: String = err.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        format!("--- {} stdout ---\n{}\n--- {} stderr (tail) ---\n{}", self.name, self.stdout().join("\n"), self.name, tail)
     }
 
     /// The OS process id, while running.
@@ -136,9 +120,7 @@ impl Proc {
     pub async fn terminate(&mut self, limit: Duration) -> Option<i32> {
         let pid = self.pid()?;
         // SAFETY-free: use the `kill` command rather than libc to keep `unsafe` out of the tests.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         self.wait(limit).await
     }
 
@@ -158,11 +140,7 @@ impl Proc {
                 self.child = None;
                 status.code()
             }
-            _ => panic!(
-                "{} did not exit within {limit:?}\n{}",
-                self.name,
-                self.diagnostics()
-            ),
+            _ => panic!("{} did not exit within {limit:?}\n{}", self.name, self.diagnostics()),
         }
     }
 
@@ -183,11 +161,7 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> std:
     cmd.args(args)
         .env_clear()
         .envs(env.iter().copied())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn guildshard");
