@@ -47,9 +47,36 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct EmulatorArgs {
+    /// Address to bind (keep it on loopback: the control API has no auth).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
     /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// Members per guild at start.
+    #[arg(long, default_value_t = 20)]
+    members: usize,
+    /// Text channels per guild at start.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Shards recommended by GET /gateway/bot.
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
+    /// session_start_limit.max_concurrency.
+    #[arg(long, default_value_t = 1)]
+    max_concurrency: u32,
+    /// HELLO heartbeat interval in milliseconds.
+    #[arg(long = "heartbeat-ms", default_value_t = 41_250)]
+    heartbeat_ms: u64,
+    /// Where interactions are POSTed.
+    #[arg(long)]
+    interactions_url: Option<String>,
+    /// The bot token clients must present.
+    #[arg(long, default_value = "emulator-bot-token")]
+    token: String,
+    /// Global REST budget in requests per second (default: unlimited).
+    #[arg(long)]
+    rest_rate_limit: Option<u32>,
     /// Guilds to create at start.
     #[arg(long, default_value_t = 10)]
     guilds: usize,
@@ -131,7 +158,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("guildshard: the http service is not yet implemented");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
-        Command::Emulator(_) | Command::Dev(_) | Command::Status => {
+        Command::Emulator(args) => cmd_emulator(args),
+        Command::Dev(_) | Command::Status => {
             eprintln!("guildshard: this command is not yet implemented");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
@@ -207,6 +235,59 @@ fn cmd_plan(args: PlanArgs) -> anyhow::Result<()> {
     }
     print!("{}", Plan::compute(guilds, from, to));
     Ok(())
+}
+
+fn cmd_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
+    use guildshard::emulator::{self, EmulatorConfig, TrafficRequest};
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        bail!(UsageError("--rate: must be a non-negative number".into()));
+    }
+    guildshard::telemetry::init(guildshard::telemetry::LogFormat::Text);
+    let cfg = EmulatorConfig {
+        seed: args.seed,
+        guilds: args.guilds,
+        members_per_guild: args.members,
+        channels_per_guild: args.channels,
+        heartbeat_interval_ms: args.heartbeat_ms.max(1),
+        shards: args.shards.max(1),
+        max_concurrency: args.max_concurrency.max(1),
+        token: args.token,
+        interactions_url: args.interactions_url,
+        rest_rate_limit: args.rest_rate_limit,
+        ..EmulatorConfig::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let addr = std::net::SocketAddr::new(args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let shutdown = guildshard::shutdown::Shutdown::new();
+        let emu = emulator::start(cfg, listener, shutdown.clone())
+            .await
+            .context("starting the emulator")?;
+        let app = emu.application();
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "emulator listening on {}", emu.addr())?;
+            writeln!(out, "application id {}", app.id)?;
+            writeln!(out, "public key {}", app.public_key_hex)?;
+            writeln!(out, "token {}", app.token)?;
+            out.flush()?;
+        }
+        if args.rate > 0.0 {
+            emu.start_traffic(TrafficRequest {
+                rate: args.rate,
+                count: None,
+                duration_ms: None,
+                seed: Some(args.seed),
+            })
+            .context("starting traffic")?;
+        }
+        guildshard::shutdown::signal().await;
+        shutdown.drain(std::time::Duration::from_secs(5)).await;
+        Ok(())
+    })
 }
 
 /// Non-blank lines, trimmed.
