@@ -544,10 +544,27 @@ impl Litestream {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn litestream replicate");
-        Replicator {
+        let mut replicator = Replicator {
             child: Some(child),
             log_path,
+        };
+        // Until Litestream has started, a SIGTERM kills it without its shutdown sync (Go's
+        // default signal action), so hand it out only once it reports that it is replicating.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !replicator.log().contains("replicating to") {
+            assert!(
+                replicator.is_running(),
+                "litestream replicate exited at start:\n{}",
+                replicator.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "litestream replicate did not start within 30 s:\n{}",
+                replicator.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+        replicator
     }
 
     /// `litestream replicate -once`: one sync, then exit. Only while no daemon runs on the db.
