@@ -598,3 +598,60 @@ fn http_deployment_wiring() {
         let _ = find_generated(&objs, "ConfigMap", "litestream");
     }
 }
+
+/// The image and the manifests agree: the final Dockerfile stage runs `guildshard` as the uid
+/// the pods require, and the Litestream image deployed is the version the tests ran.
+#[test]
+fn image_matches_the_manifests() {
+    let dockerfile =
+        std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile at the root");
+    let final_stage = dockerfile
+        .rsplit_once("\nFROM ")
+        .map(|(_, stage)| stage)
+        .expect("a multi-stage Dockerfile");
+    assert!(dockerfile.matches("\nFROM ").count() >= 2, "multi-stage");
+    let user = final_stage
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the final stage sets USER");
+    let uid: i64 = user
+        .split(':')
+        .next()
+        .and_then(|u| u.trim().parse().ok())
+        .expect("USER is a numeric uid");
+    assert!(uid > 0, "the image runs non-root");
+    assert!(
+        final_stage.contains("ENTRYPOINT [\"/usr/local/bin/guildshard\"]"),
+        "the image runs guildshard"
+    );
+
+    let tested = run_bounded(
+        std::process::Command::new(tools().path("litestream")).arg("version"),
+        Duration::from_secs(30),
+    );
+    let tested = String::from_utf8_lossy(&tested.stdout).trim().to_owned();
+    for dir in KUSTOMIZATIONS {
+        let objs = parse(&render(dir));
+        for (kind, name) in [("StatefulSet", "gateway"), ("Deployment", "http")] {
+            let spec = pod_spec(find(&objs, kind, name));
+            assert_eq!(
+                spec["securityContext"]["runAsUser"].as_i64(),
+                Some(uid),
+                "{dir}: {kind} runs as the image's user"
+            );
+        }
+        let sts = find(&objs, "StatefulSet", "gateway");
+        for c in arr(&pod_spec(sts)["initContainers"]) {
+            assert_eq!(
+                c["image"].as_str(),
+                Some(format!("litestream/litestream:{tested}").as_str()),
+                "{dir}: {} runs the Litestream version the tests ran",
+                c["name"]
+            );
+        }
+    }
+    assert!(
+        dockerfile.contains(&format!("FROM litestream/litestream:{tested} ")),
+        "the image bundles the tested Litestream"
+    );
+}
