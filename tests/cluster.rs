@@ -274,6 +274,15 @@ fn check_gateway(objs: &[Value], dir: &str) {
 
     // Every variable the gateway reads is set.
     let app_env = container_env(objs, app);
+    // The replica fallback runs litestream in the gateway container with the same config.
+    let config = Path::new(literal(&app_env, "LITESTREAM_CONFIG"));
+    assert!(
+        arr(&app["volumeMounts"])
+            .iter()
+            .any(|m| m["name"] == "litestream-config"
+                && config.parent() == Some(Path::new(m["mountPath"].as_str().unwrap_or_default()))),
+        "{dir}: the gateway mounts litestream.yml where LITESTREAM_CONFIG points"
+    );
     for var in [
         "POD_ORDINAL",
         "POD_NAME",
