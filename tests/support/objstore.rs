@@ -222,7 +222,6 @@ pub struct ObjectStore {
     bucket: String,
     access_key: String,
     secret_key: String,
-    starts: u32,
 }
 
 impl ObjectStore {
@@ -247,7 +246,6 @@ impl ObjectStore {
                 bucket: "guildshard-test".to_owned(),
                 access_key: "test-access-key".to_owned(),
                 secret_key: "test-secret-key".to_owned(),
-                starts: 0,
             };
             match store.launch() {
                 Ok(()) => return store,
@@ -259,7 +257,6 @@ impl ObjectStore {
 
     /// Spawns `weed mini` on this store's ports and directory, waits until ready.
     fn launch(&mut self) -> Result<(), String> {
-        self.starts += 1;
         let p = self.ports;
         let data = self.dir.path().join("data");
         std::fs::create_dir_all(&data).expect("data dir");
