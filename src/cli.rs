@@ -143,12 +143,11 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Owner(args) => cmd_owner(args),
         Command::Plan(args) => cmd_plan(args),
         Command::Gateway => {
-            let _config = match GatewayConfig::from_env(std::env::vars()) {
+            let config = match GatewayConfig::from_env(std::env::vars()) {
                 Ok(config) => config,
                 Err(err) => return Ok(config_error(&err)),
             };
-            eprintln!("guildshard: the gateway is not yet implemented");
-            return Ok(ExitCode::from(EXIT_USAGE));
+            cmd_gateway(config)
         }
         Command::Http => {
             let _config = match HttpConfig::from_env(std::env::vars()) {
@@ -287,6 +286,45 @@ fn cmd_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
         guildshard::shutdown::signal().await;
         shutdown.drain(std::time::Duration::from_secs(5)).await;
         Ok(())
+    })
+}
+
+/// How long a gateway pod may take to drain after SIGTERM before it gives up waiting (the
+/// StatefulSet's grace period is longer, leaving time for Litestream's final sync).
+const GATEWAY_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn cmd_gateway(config: GatewayConfig) -> anyhow::Result<()> {
+    guildshard::telemetry::init(guildshard::telemetry::LogFormat::Json);
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let public = tokio::net::TcpListener::bind(config.public_bind)
+            .await
+            .with_context(|| format!("binding PUBLIC_BIND_ADDR {}", config.public_bind))?;
+        let internal = tokio::net::TcpListener::bind(config.internal_bind)
+            .await
+            .with_context(|| format!("binding INTERNAL_BIND_ADDR {}", config.internal_bind))?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "public listening on {}", public.local_addr()?)?;
+            writeln!(out, "internal listening on {}", internal.local_addr()?)?;
+            out.flush()?;
+        }
+        let shutdown = guildshard::shutdown::Shutdown::new();
+        let pod = tokio::spawn(guildshard::gateway::run(
+            config,
+            guildshard::gateway::Listeners { public, internal },
+            shutdown.clone(),
+        ));
+        tokio::pin!(pod);
+        tokio::select! {
+            result = &mut pod => return result.context("gateway task")?.context("gateway pod"),
+            () = guildshard::shutdown::signal() => {}
+        }
+        shutdown.trigger();
+        match tokio::time::timeout(GATEWAY_GRACE, &mut pod).await {
+            Ok(result) => result.context("gateway task")?.context("gateway pod"),
+            Err(_) => bail!("shutdown took longer than {GATEWAY_GRACE:?}"),
+        }
     })
 }
 

@@ -235,7 +235,7 @@ async fn current_application(AxumState(emu): AxumState<Emulator>) -> Json<Value>
         "id": info.id.to_string(), "name": st.bot.username, "icon": null, "description": "",
         "summary": "", "bot_public": true, "bot_require_code_grant": false,
         "verify_key": info.public_key_hex, "flags": 0, "team": null,
-        "owner": {"id": "0", "username": "emulator-owner", "discriminator": "0", "global_name": null, "avatar": null},
+        "owner": {"id": (info.id + 1).to_string(), "username": "emulator-owner", "discriminator": "0", "global_name": null, "avatar": null},
         "bot": payload::user(&st.bot),
         "interactions_endpoint_url": st.interactions_url,
     }))

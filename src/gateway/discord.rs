@@ -53,7 +53,7 @@ pub fn rest_client(cfg: &DiscordConfig) -> Http {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// A REST call failed.
-    #[error("discord {call}: {source}")]
+    #[error("discord {call}")]
     Rest {
         /// Which call.
         call: &'static str,
