@@ -98,13 +98,8 @@ async fn rescale_under_traffic(strategy: Strategy, from: u32, to: u32, seed: u64
     cluster.emulator().stop_traffic();
     let topology = Topology::new(strategy, to).expect("to > 0");
     let expected = expected_messages(&cluster);
-    let mut last = String::new();
     let deadline = tokio::time::Instant::now() + patience();
-    loop {
-        match placement(&cluster, topology, &expected) {
-            Ok(()) => break,
-            Err(why) => last = why,
-        }
+    while let Err(last) = placement(&cluster, topology, &expected) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "final state not reached: {last}\nverdict: {}\n{}",
@@ -208,10 +203,8 @@ async fn a_new_owner_killed_mid_handoff_converges_to_the_same_final_state() {
         panic!("{err} (killed at {interrupted:?})\n{}", logs(dir.path()));
     }
     let three = Topology::new(Strategy::Md5, 3).expect("3");
-    let mut last = String::new();
     let deadline = tokio::time::Instant::now() + patience();
-    while let Err(why) = placement(&cluster, three, &expected) {
-        last = why;
+    while let Err(last) = placement(&cluster, three, &expected) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "final state not reached after kill -9 mid-handoff: {last}\n{}",

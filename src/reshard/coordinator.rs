@@ -27,8 +27,9 @@ pub const META_PREVIOUS: &str = "topology.previous";
 pub const META_REPLICAS_PENDING: &str = "reshard.replicas_pending";
 /// How often the peers are polled.
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
-/// Ordinals probed beyond those that own guilds, to find draining or standby pods.
-pub const PROBE_BEYOND: u32 = 2;
+/// Ordinals probed beyond those that own (or owned, since this pod started) guilds, to find
+/// draining or standby pods after the previous topology is forgotten.
+pub const PROBE_BEYOND: u32 = 8;
 
 /// Reads the stored topologies, records `current`, and returns what the pod processes: the
 /// current topology and, until the transition converges, the one it ran under before. A pod
@@ -74,6 +75,9 @@ pub struct Coordinator {
     /// Peers seen live since this pod started: only those are covered when down, so a cluster
     /// starting up (or a new ordinal not yet started) does not make every pod process everything.
     seen_live: Mutex<BTreeSet<Ordinal>>,
+    /// The most ordinals in play since start: draining pods of a forgotten previous topology
+    /// are still probed.
+    widest: std::sync::atomic::AtomicU32,
     /// One pull at a time, so a round and an on-demand pull do not race on one guild.
     pulling: tokio::sync::Mutex<()>,
 }
@@ -94,6 +98,7 @@ impl Coordinator {
             progress: Mutex::new(HandoffProgress::default()),
             holders: Mutex::new(BTreeMap::new()),
             seen_live: Mutex::new(BTreeSet::new()),
+            widest: std::sync::atomic::AtomicU32::new(0),
             pulling: tokio::sync::Mutex::new(()),
         }
     }
@@ -126,7 +131,14 @@ impl Coordinator {
     }
 
     async fn poll(&self) -> Vec<(Ordinal, Result<StatusReport, Error>)> {
-        let span = self.view.ordinals_in_play() + PROBE_BEYOND;
+        let span = self
+            .widest
+            .fetch_max(
+                self.view.ordinals_in_play(),
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .max(self.view.ordinals_in_play())
+            + PROBE_BEYOND;
         let me = self.me();
         join_all(
             (0..span)
