@@ -49,6 +49,11 @@ pub const ENV_HTTP_BIND_ADDR: &str = "HTTP_BIND_ADDR";
 /// `true` (default) when a Litestream sidecar manages checkpoints; `false` lets SQLite
 /// checkpoint by itself (local runs without Litestream).
 pub const ENV_LITESTREAM_ENABLED: &str = "LITESTREAM_ENABLED";
+/// The Litestream configuration file; when set, a pod restores a departed peer's replica during
+/// resharding (the replica fallback).
+pub const ENV_LITESTREAM_CONFIG: &str = "LITESTREAM_CONFIG";
+/// The `litestream` executable for the replica fallback (default: `litestream` on PATH).
+pub const ENV_LITESTREAM_BIN: &str = "LITESTREAM_BIN";
 /// Fault injection for tests and drills: delay every command by this many milliseconds.
 pub const ENV_FAULT_COMMAND_DELAY_MS: &str = "FAULT_COMMAND_DELAY_MS";
 
@@ -124,6 +129,8 @@ struct RawEnv {
     internal_bind_addr: Option<String>,
     http_bind_addr: Option<String>,
     litestream_enabled: Option<String>,
+    litestream_config: Option<String>,
+    litestream_bin: Option<String>,
     fault_command_delay_ms: Option<String>,
 }
 
@@ -159,6 +166,8 @@ const KNOWN: &[&str] = &[
     ENV_INTERNAL_BIND_ADDR,
     ENV_HTTP_BIND_ADDR,
     ENV_LITESTREAM_ENABLED,
+    ENV_LITESTREAM_CONFIG,
+    ENV_LITESTREAM_BIN,
     ENV_FAULT_COMMAND_DELAY_MS,
 ];
 
@@ -222,6 +231,10 @@ pub struct GatewayConfig {
     pub internal_bind: SocketAddr,
     /// Whether Litestream manages the database's checkpoints.
     pub litestream: bool,
+    /// The Litestream configuration, for restoring a departed peer's replica.
+    pub litestream_config: Option<PathBuf>,
+    /// The `litestream` executable.
+    pub litestream_bin: PathBuf,
     /// Fault injection: how long every command waits before running.
     pub command_delay: std::time::Duration,
 }
@@ -263,6 +276,8 @@ impl GatewayConfig {
                     ))
                 }
             },
+            litestream_config: raw.litestream_config.as_deref().map(|v| PathBuf::from(v.trim())),
+            litestream_bin: PathBuf::from(raw.litestream_bin.as_deref().map_or("litestream", str::trim)),
             command_delay: std::time::Duration::from_millis(
                 raw.fault_command_delay_ms
                     .as_deref()

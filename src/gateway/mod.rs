@@ -193,8 +193,8 @@ async fn run_pod(
 /// Litestream restore settings for the replica fallback, when `LITESTREAM_CONFIG` names a
 /// configuration (`LITESTREAM_BIN` overrides the `litestream` executable).
 fn replica_config(cfg: &GatewayConfig) -> Option<ReplicaConfig> {
-    let config = std::env::var_os("LITESTREAM_CONFIG").map(std::path::PathBuf::from)?;
-    let binary = std::env::var_os("LITESTREAM_BIN").map_or_else(|| "litestream".into(), Into::into);
+    let config = cfg.litestream_config.clone()?;
+    let binary = cfg.litestream_bin.clone();
     let scratch = cfg
         .database_path
         .parent()
