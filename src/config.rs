@@ -175,6 +175,20 @@ pub struct DiscordConfig {
     pub shard_count: Option<u32>,
 }
 
+impl DiscordConfig {
+    /// Reads only the Discord settings (`DISCORD_TOKEN`, `DISCORD_APPLICATION_ID`,
+    /// `DISCORD_API_BASE`, `DISCORD_SHARD_COUNT`), for commands that only talk to Discord.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable that is missing or malformed.
+    pub fn from_env<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        discord(&RawEnv::from_pairs(vars)?)
+    }
+}
+
 /// Where a gateway pod's internal API lives, by ordinal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UrlTemplate(String);
