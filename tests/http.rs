@@ -1,1 +1,247 @@
-//! http tests.
+//! The stateless HTTP service: signature checks, limits, PING and unsupported interaction
+//! types against an in-process server; routing, deadlines and failures end to end through the
+//! emulator, the service and real gateway pod processes.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer, SigningKey};
+use guildshard::config::{DiscordConfig, HttpConfig, Secret, UrlTemplate};
+use guildshard::ownership::{Strategy, Topology};
+use guildshard::shutdown::Shutdown;
+use serde_json::{json, Value};
+
+const INTERNAL_TOKEN: &str = "http-test-internal-token";
+
+/// An in-process HTTP service on 127.0.0.1:0; shut down on drop.
+struct Service {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+impl Service {
+    async fn start(public_key: [u8; 32], url_template: &str, pods: u32) -> Service {
+        let cfg = HttpConfig {
+            initial_topology: Topology::new(Strategy::Md5, pods).expect("positive"),
+            public_key,
+            internal_token: Secret::new(INTERNAL_TOKEN),
+            url_template: UrlTemplate::parse(url_template).expect("template"),
+            discord: DiscordConfig {
+                token: Secret::new("unused"),
+                application_id: None,
+                api_base: None,
+                shard_count: None,
+            },
+            bind: "127.0.0.1:0".parse().expect("addr"),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = Shutdown::new();
+        tokio::spawn(guildshard::http::run(cfg, listener, shutdown.clone()));
+        Service { addr, shutdown }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+fn sign(key: &SigningKey, timestamp: &str, body: &[u8]) -> String {
+    let mut msg = timestamp.as_bytes().to_vec();
+    msg.extend_from_slice(body);
+    hex::encode(key.sign(&msg).to_bytes())
+}
+
+/// POSTs `body` to /interactions with the given signature headers (None: header left out).
+async fn post(
+    svc: &Service,
+    body: &[u8],
+    signature: Option<&str>,
+    timestamp: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(svc.url("/interactions"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(s) = signature {
+        req = req.header("x-signature-ed25519", s);
+    }
+    if let Some(t) = timestamp {
+        req = req.header("x-signature-timestamp", t);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn signed(svc: &Service, key: &SigningKey, body: &[u8]) -> (u16, Value) {
+    let ts = now_secs().to_string();
+    let sig = sign(key, &ts, body);
+    post(svc, body, Some(&sig), Some(&ts)).await
+}
+
+// Pods that are never there: a port from a listener that was closed again.
+async fn unused_template() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}/{{ordinal}}")
+}
+
+#[tokio::test]
+async fn rejects_every_bad_signature_with_401_before_parsing() {
+    let key = SigningKey::from_bytes(&[3u8; 32]);
+    let svc = Service::start(key.verifying_key().to_bytes(), &unused_template().await, 1).await;
+    let body = br#"{"type":1,"id":"1","application_id":"2","token":"t","version":1}"#;
+    let ts = now_secs().to_string();
+    let good = sign(&key, &ts, body);
+
+    assert_eq!(
+        post(&svc, body, Some(&good), Some(&ts)).await,
+        (200, json!({"type": 1}))
+    );
+    // Tampered body.
+    let tampered = br#"{"type":1,"id":"9","application_id":"2","token":"t","version":1}"#;
+    assert_eq!(post(&svc, tampered, Some(&good), Some(&ts)).await.0, 401);
+    // Signed by another key.
+    let other = SigningKey::from_bytes(&[4u8; 32]);
+    assert_eq!(
+        post(&svc, body, Some(&sign(&other, &ts, body)), Some(&ts))
+            .await
+            .0,
+        401
+    );
+    // Missing headers, bad hex.
+    assert_eq!(post(&svc, body, None, Some(&ts)).await.0, 401);
+    assert_eq!(post(&svc, body, Some(&good), None).await.0, 401);
+    assert_eq!(post(&svc, body, Some("not-hex"), Some(&ts)).await.0, 401);
+    // Stale and future timestamps, correctly signed.
+    for ts in [now_secs() - 600, now_secs() + 600] {
+        let ts = ts.to_string();
+        let (status, err) = post(&svc, body, Some(&sign(&key, &ts, body)), Some(&ts)).await;
+        assert_eq!(status, 401, "{err}");
+        assert!(
+            err["error"].as_str().is_some_and(|e| e.contains("stale")),
+            "{err}"
+        );
+    }
+    // Garbage that is not even JSON is refused by the signature check, not the parser.
+    assert_eq!(post(&svc, b"{{{", Some(&good), Some(&ts)).await.0, 401);
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_malformed_ones_400() {
+    let key = SigningKey::from_bytes(&[5u8; 32]);
+    let svc = Service::start(key.verifying_key().to_bytes(), &unused_template().await, 1).await;
+    let big = format!(r#"{{"type":2,"pad":"{}"}}"#, "x".repeat(80 * 1024));
+    assert_eq!(signed(&svc, &key, big.as_bytes()).await.0, 413);
+    assert_eq!(signed(&svc, &key, b"{not json").await.0, 400);
+    assert_eq!(signed(&svc, &key, br#"{"no_type":true}"#).await.0, 400);
+    assert_eq!(
+        signed(&svc, &key, br#"{"type":2,"guild_id":"abc"}"#)
+            .await
+            .0,
+        400
+    );
+}
+
+#[tokio::test]
+async fn unsupported_types_are_answered_without_routing_and_dead_pods_politely() {
+    let key = SigningKey::from_bytes(&[6u8; 32]);
+    let svc = Service::start(key.verifying_key().to_bytes(), &unused_template().await, 2).await;
+    // A button click (type 3) and a modal submit (type 5): a clear ephemeral message.
+    for kind in [3, 5] {
+        let body = json!({"type": kind, "guild_id": "81384788765712384"}).to_string();
+        let (status, resp) = signed(&svc, &key, body.as_bytes()).await;
+        assert_eq!(status, 200);
+        assert_eq!(resp["type"], 4, "{resp}");
+        assert_eq!(resp["data"]["flags"], 64, "{resp}");
+    }
+    // Autocomplete can only be answered with choices: none.
+    let (_, resp) = signed(&svc, &key, br#"{"type":4,"guild_id":"1"}"#).await;
+    assert_eq!(resp, json!({"type": 8, "data": {"choices": []}}));
+    // A command while no pod is up: the polite ephemeral answer, at once.
+    let body = json!({"type": 2, "guild_id": "81384788765712384", "data": {"name": "stats"}});
+    let (status, resp) = signed(&svc, &key, body.to_string().as_bytes()).await;
+    assert_eq!(status, 200);
+    assert_eq!(resp["type"], 4, "{resp}");
+    assert_eq!(resp["data"]["flags"], 64, "{resp}");
+    assert!(
+        resp["data"]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("restarting")),
+        "{resp}"
+    );
+
+    let client = reqwest::Client::new();
+    // The operator API needs the internal bearer token; with it, a partial overview.
+    let resp = client
+        .get(svc.url("/api/v1/overview"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 401);
+    let overview: Value = client
+        .get(svc.url("/api/v1/overview"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(overview["partial"], true, "{overview}");
+    assert_eq!(
+        overview["pods"].as_array().map(Vec::len),
+        Some(2),
+        "{overview}"
+    );
+    assert_eq!(overview["pods"][0]["health"], "unreachable", "{overview}");
+    let resp = client
+        .get(svc.url("/api/v1/guilds/81384788765712384/stats"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 503);
+
+    // Probes and metrics.
+    let ready = client.get(svc.url("/readyz")).send().await.expect("get");
+    assert_eq!(ready.status().as_u16(), 200);
+    let metrics = client
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"outcome="owner_unavailable""#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"outcome="unsupported""#), "{metrics}");
+    assert!(
+        metrics.contains("guildshard_http_owner_unavailable_total{pod=\"http\"} 2"),
+        "{metrics}"
+    );
+}
