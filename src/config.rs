@@ -306,8 +306,10 @@ pub struct HttpConfig {
     pub internal_token: Secret,
     /// How to reach a gateway pod by ordinal.
     pub url_template: UrlTemplate,
-    /// Discord connection settings (for follow-ups and command registration).
-    pub discord: DiscordConfig,
+    /// Discord connection settings, when `DISCORD_TOKEN` is set. The service itself never
+    /// calls Discord (the owner pods edit deferred responses), so the bot token need not be
+    /// given to the internet-facing pods.
+    pub discord: Option<DiscordConfig>,
     /// Where the service listens.
     pub bind: SocketAddr,
 }
@@ -327,7 +329,10 @@ impl HttpConfig {
             public_key: public_key(&raw)?,
             internal_token: internal_token(&raw)?,
             url_template: url_template(&raw)?,
-            discord: discord(&raw)?,
+            discord: match raw.discord_token {
+                Some(_) => Some(discord(&raw)?),
+                None => None,
+            },
             bind: bind(ENV_HTTP_BIND_ADDR, &raw.http_bind_addr, DEFAULT_PUBLIC_BIND)?,
         })
     }
@@ -586,7 +591,12 @@ mod tests {
         let key = "11".repeat(32);
         let mut pairs = env(&pairs);
         pairs.push(("DISCORD_PUBLIC_KEY".into(), key));
-        let cfg = HttpConfig::from_env(pairs).expect("valid");
+        let cfg = HttpConfig::from_env(pairs.clone()).expect("valid");
         assert_eq!(cfg.public_key, [0x11; 32]);
+        assert!(cfg.discord.is_some());
+        // The internet-facing service runs without the bot token.
+        pairs.retain(|(k, _)| k != "DISCORD_TOKEN");
+        let cfg = HttpConfig::from_env(pairs).expect("valid without a token");
+        assert!(cfg.discord.is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
-use guildshard::config::{DiscordConfig, HttpConfig, Secret, UrlTemplate};
+use guildshard::config::{HttpConfig, Secret, UrlTemplate};
 use guildshard::ownership::{Strategy, Topology};
 use guildshard::shutdown::Shutdown;
 use serde_json::{json, Value};
@@ -32,12 +32,7 @@ impl Service {
             public_key,
             internal_token: Secret::new(INTERNAL_TOKEN),
             url_template: UrlTemplate::parse(url_template).expect("template"),
-            discord: DiscordConfig {
-                token: Secret::new("unused"),
-                application_id: None,
-                api_base: None,
-                shard_count: None,
-            },
+            discord: None,
             bind: "127.0.0.1:0".parse().expect("addr"),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -244,4 +239,85 @@ async fn unsupported_types_are_answered_without_routing_and_dead_pods_politely()
         metrics.contains("guildshard_http_owner_unavailable_total{pod=\"http\"} 2"),
         "{metrics}"
     );
+}
+
+async fn start_emulator(
+    cfg: guildshard::emulator::EmulatorConfig,
+) -> (guildshard::emulator::Emulator, Shutdown) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let shutdown = Shutdown::new();
+    let emu = guildshard::emulator::start(cfg, listener, shutdown.clone())
+        .await
+        .expect("emulator starts");
+    (emu, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_commands_bulk_overwrites_idempotently() {
+    let (emu, shutdown) = start_emulator(Default::default()).await;
+    let app = emu.application();
+    let run = |env: Vec<(String, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            crate::support::process::run_cli(&["register-commands"], &env, None)
+        })
+    };
+    let env = vec![
+        ("DISCORD_TOKEN".to_owned(), app.token.clone()),
+        ("DISCORD_API_BASE".to_owned(), app.api_base.clone()),
+    ];
+    let first = run(env.clone()).await.expect("join");
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout).trim(),
+        "registered 5 commands"
+    );
+    let registered = emu.commands()["global"].clone();
+    let names: Vec<&str> = registered
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["stats", "leaderboard", "modlog", "setup", "Report message"]
+    );
+    // Again, with the application id given: the same set, the same ids.
+    let mut env = env;
+    env.push(("DISCORD_APPLICATION_ID".to_owned(), app.id.to_string()));
+    let second = run(env).await.expect("join");
+    assert!(second.status.success(), "{second:?}");
+    // Discord bumps `version` on an overwrite; everything else, ids included, stays.
+    let without_version = |v: Value| -> Vec<Value> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.as_object_mut().expect("object").remove("version");
+                c
+            })
+            .collect()
+    };
+    assert_eq!(
+        without_version(emu.commands()["global"].clone()),
+        without_version(registered)
+    );
+    // A wrong token is refused with one line and a failure exit.
+    let bad = run(vec![
+        ("DISCORD_TOKEN".to_owned(), "wrong".to_owned()),
+        ("DISCORD_API_BASE".to_owned(), app.api_base.clone()),
+    ])
+    .await
+    .expect("join");
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("401"),
+        "{bad:?}"
+    );
+    shutdown.trigger();
 }
