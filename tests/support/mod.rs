@@ -2,6 +2,7 @@
 //! cleans up on drop.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod eventually;
 pub mod objstore;
 pub mod process;

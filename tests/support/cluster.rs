@@ -1,0 +1,103 @@
+//! A local cluster for tests: the emulator in process, gateway pods as real child processes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use guildshard::emulator::EmulatorConfig;
+use guildshard::local_cluster::{ClusterConfig, LocalCluster};
+use guildshard::ownership::Strategy;
+
+/// A cluster of `pods` pods over `guilds` guilds, with fast heartbeats and no identify
+/// throttling (every pod identifies the same shard; Discord's 5 s bucket would only slow tests).
+pub async fn start(dir: &Path, pods: u32, guilds: usize, pod_env: &[(&str, &str)]) -> LocalCluster {
+    start_with(dir, pods, guilds, Strategy::Md5, pod_env, false).await
+}
+
+/// Like [`start`], choosing the strategy and whether the HTTP service runs.
+pub async fn start_with(
+    dir: &Path,
+    pods: u32,
+    guilds: usize,
+    strategy: Strategy,
+    pod_env: &[(&str, &str)],
+    http: bool,
+) -> LocalCluster {
+    let cfg = ClusterConfig {
+        binary: super::process::bin().into(),
+        pods,
+        strategy,
+        data_dir: dir.join("data"),
+        log_dir: dir.join("logs"),
+        emulator: EmulatorConfig {
+            guilds,
+            members_per_guild: 10,
+            channels_per_guild: 2,
+            heartbeat_interval_ms: 2_000,
+            identify_window_ms: 0,
+            ..EmulatorConfig::default()
+        },
+        pod_env: pod_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        http,
+    };
+    let cluster = LocalCluster::start(cfg).await.expect("cluster starts");
+    for ordinal in cluster.running() {
+        cluster
+            .wait_ready(ordinal, super::eventually::patience())
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs(dir)));
+    }
+    cluster
+}
+
+/// Every pod log, for assertion messages.
+pub fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("logs")) {
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- {} ---\n", entry.path().display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `(guild_id, message_id)` of every counted message in a pod's database (read-only, while the
+/// pod runs).
+pub fn activity(db: &Path) -> BTreeSet<(u64, u64)> {
+    if !db.exists() {
+        return BTreeSet::new();
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open pod database");
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout");
+    let mut stmt = conn
+        .prepare("SELECT guild_id, message_id FROM activity")
+        .expect("activity query");
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .expect("activity rows");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+/// Activity of every pod, by ordinal.
+pub fn activity_by_pod(
+    cluster: &LocalCluster,
+    ordinals: &[u32],
+) -> BTreeMap<u32, BTreeSet<(u64, u64)>> {
+    ordinals
+        .iter()
+        .map(|&o| (o, activity(&cluster.db_path(o))))
+        .collect()
+}
