@@ -321,3 +321,362 @@ async fn register_commands_bulk_overwrites_idempotently() {
     );
     shutdown.trigger();
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end: emulator user → HTTP service (process) → owner gateway pod (process) → what the
+// user sees.
+
+use guildshard::emulator::{CommandKind, CommandOption, Emulator, InteractionRecord, RunCommand};
+use guildshard::local_cluster::LocalCluster;
+use guildshard::ownership::{owner, GuildId, Ordinal};
+
+use crate::support::cluster;
+use crate::support::eventually::eventually;
+
+/// The emulator's signing key, derived as the emulator derives it from its seed, so tests can
+/// forge requests that differ from a genuine one in exactly one way. Checked against the
+/// public key the emulator announces.
+fn emulator_key(emu: &Emulator) -> SigningKey {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(emu.config().seed ^ 0x5eed_ed25_519d_15c0);
+    let key = SigningKey::from_bytes(&rng.gen::<[u8; 32]>());
+    assert_eq!(
+        hex::encode(key.verifying_key().as_bytes()),
+        emu.application().public_key_hex,
+        "the emulator's key derivation changed"
+    );
+    key
+}
+
+struct World {
+    guild: u64,
+    mod_user: u64,
+    author: u64,
+    general: u64,
+    mod_log: u64,
+}
+
+/// A guild owned by `ordinal` under md5/`pods`, its owner (a moderator) and an ordinary member.
+fn world(emu: &Emulator, pods: u32, ordinal: u32) -> World {
+    let topology = Topology::new(Strategy::Md5, pods).expect("positive");
+    let bot = emu.application().id;
+    let g = emu
+        .guilds()
+        .into_iter()
+        .find(|g| owner(GuildId(g.id), topology) == Ordinal(ordinal))
+        .expect("some guild hashes to the ordinal");
+    let author = *g
+        .members
+        .iter()
+        .find(|m| **m != bot && **m != g.owner_id)
+        .expect("an ordinary member");
+    World {
+        guild: g.id,
+        mod_user: g.owner_id,
+        author,
+        general: g.channels[0],
+        mod_log: g.channels[1],
+    }
+}
+
+fn command(w: &World, name: &str, user: u64, options: Vec<CommandOption>) -> RunCommand {
+    RunCommand {
+        name: name.into(),
+        kind: CommandKind::ChatInput,
+        guild_id: Some(w.guild),
+        channel_id: Some(w.general),
+        user_id: user,
+        options,
+        target_id: None,
+    }
+}
+
+fn option(name: &str, kind: u8, value: u64) -> CommandOption {
+    CommandOption {
+        name: name.into(),
+        kind,
+        value: json!(value.to_string()),
+    }
+}
+
+/// Runs a command and returns its record once the initial response is in.
+async fn run(emu: &Emulator, cmd: RunCommand) -> InteractionRecord {
+    emu.run_command(cmd).await.expect("command delivered")
+}
+
+fn content(record: &InteractionRecord) -> String {
+    record
+        .original
+        .as_ref()
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn responded(record: &InteractionRecord) -> Option<u8> {
+    match record.outcome {
+        guildshard::emulator::InteractionOutcome::Responded { response_type } => {
+            Some(response_type)
+        }
+        _ => None,
+    }
+}
+
+/// Request headers for a hand-made POST.
+type Headers<'a> = Vec<(&'a str, String)>;
+
+async fn http_post(cluster: &LocalCluster, body: &[u8], headers: &[(&str, String)]) -> u16 {
+    let addr = cluster.http_addr().expect("http runs");
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{addr}/interactions"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req.send().await.expect("post").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_end_to_end_and_forgeries_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = cluster::start_with(dir.path(), 2, 12, Strategy::Md5, &[], true).await;
+    let emu = cluster.emulator();
+    // A guild owned by ordinal 1, so routing (not a default to 0) is what gets it there.
+    let w = world(emu, 2, 1);
+
+    let mut messages = Vec::new();
+    for i in 0..3 {
+        let m = emu
+            .post_message(w.general, w.author, &format!("hello {i}"))
+            .expect("post");
+        messages.push(m.id);
+    }
+    // /stats reflects the recorded activity (the gateway records it asynchronously).
+    let stats = eventually("/stats to show 3 messages", || async {
+        let r = run(emu, command(&w, "stats", w.author, vec![])).await;
+        content(&r).contains("**3** messages").then_some(r)
+    })
+    .await;
+    assert_eq!(responded(&stats), Some(4));
+    let leaderboard = run(emu, command(&w, "leaderboard", w.author, vec![])).await;
+    assert!(
+        content(&leaderboard).contains(&format!("<@{}> — 3 messages", w.author)),
+        "{leaderboard:?}"
+    );
+
+    // /setup by the guild owner; refused for an ordinary member.
+    let refused = run(
+        emu,
+        command(&w, "setup", w.author, vec![option("mod-log", 7, w.mod_log)]),
+    )
+    .await;
+    assert!(content(&refused).contains("Manage Server"), "{refused:?}");
+    let setup = run(
+        emu,
+        command(
+            &w,
+            "setup",
+            w.mod_user,
+            vec![option("mod-log", 7, w.mod_log)],
+        ),
+    )
+    .await;
+    assert!(content(&setup).contains("Saved"), "{setup:?}");
+    assert!(setup.is_ephemeral());
+
+    // Report message → stored, posted to the mod-log, counted by /modlog.
+    let report_cmd = RunCommand {
+        name: "Report message".into(),
+        kind: CommandKind::Message,
+        target_id: Some(messages[0]),
+        ..command(&w, "Report message", w.mod_user, vec![])
+    };
+    let report = run(emu, report_cmd).await;
+    assert_eq!(responded(&report), Some(4), "{report:?}");
+    assert!(report.is_ephemeral(), "{report:?}");
+    eventually("the report in the mod-log", || async {
+        let posts = emu.bot_messages(w.mod_log).expect("mod-log");
+        posts
+            .iter()
+            .any(|m| m.content.contains("Report"))
+            .then_some(())
+    })
+    .await;
+    let modlog = || {
+        run(
+            emu,
+            command(&w, "modlog", w.mod_user, vec![option("user", 6, w.author)]),
+        )
+    };
+    let before = modlog().await;
+    assert!(content(&before).contains("**1** reports"), "{before:?}");
+
+    // DMs go to ordinal 0, which answers that the commands work in servers.
+    let dm = run(
+        emu,
+        RunCommand {
+            guild_id: None,
+            channel_id: None,
+            ..command(&w, "stats", w.author, vec![])
+        },
+    )
+    .await;
+    assert!(content(&dm).contains("inside a server"), "{dm:?}");
+
+    // Forgeries of a second report: every variant is a 401 and nothing is executed.
+    let key = emulator_key(emu);
+    let mut forged = report.payload.clone();
+    forged["id"] = json!("1234567890123456789");
+    forged["data"]["target_id"] = json!(messages[1].to_string());
+    let body = forged.to_string().into_bytes();
+    let ts = now_secs().to_string();
+    let stale = (now_secs() - 3600).to_string();
+    let wrong_key = SigningKey::from_bytes(&[9u8; 32]);
+    let sig = |k: &SigningKey, ts: &str, b: &[u8]| sign(k, ts, b);
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    let cases: Vec<(&str, Vec<u8>, Headers)> = vec![
+        (
+            "wrong key",
+            body.clone(),
+            vec![
+                ("x-signature-ed25519", sig(&wrong_key, &ts, &body)),
+                ("x-signature-timestamp", ts.clone()),
+            ],
+        ),
+        (
+            "tampered body",
+            tampered,
+            vec![
+                ("x-signature-ed25519", sig(&key, &ts, &body)),
+                ("x-signature-timestamp", ts.clone()),
+            ],
+        ),
+        (
+            "stale timestamp",
+            body.clone(),
+            vec![
+                ("x-signature-ed25519", sig(&key, &stale, &body)),
+                ("x-signature-timestamp", stale.clone()),
+            ],
+        ),
+        (
+            "missing signature",
+            body.clone(),
+            vec![("x-signature-timestamp", ts.clone())],
+        ),
+        (
+            "missing timestamp",
+            body.clone(),
+            vec![("x-signature-ed25519", sig(&key, &ts, &body))],
+        ),
+    ];
+    for (what, body, headers) in cases {
+        assert_eq!(http_post(&cluster, &body, &headers).await, 401, "{what}");
+    }
+    let mut big = forged.clone();
+    big["padding"] = json!("x".repeat(100 * 1024));
+    let big = big.to_string().into_bytes();
+    let headers = [
+        ("x-signature-ed25519", sig(&key, &ts, &big)),
+        ("x-signature-timestamp", ts.clone()),
+    ];
+    assert_eq!(http_post(&cluster, &big, &headers).await, 413);
+    let after = modlog().await;
+    assert!(
+        content(&after).contains("**1** reports"),
+        "forgeries executed: {after:?}"
+    );
+
+    // Every user saw exactly one reply per interaction.
+    for r in emu.interactions() {
+        assert_eq!(r.reply_count(), 1, "{r:?}");
+    }
+
+    // The operator API: the overview and a guild's stats from its owner.
+    let addr = cluster.http_addr().expect("http runs");
+    let client = reqwest::Client::new();
+    let overview: Value = client
+        .get(format!("http://{addr}/api/v1/overview"))
+        .bearer_auth(cluster.internal_token())
+        .send()
+        .await
+        .expect("overview")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(overview["partial"], false, "{overview}");
+    assert_eq!(overview["topology_learned"], true, "{overview}");
+    assert_eq!(
+        overview["pods"].as_array().map(Vec::len),
+        Some(2),
+        "{overview}"
+    );
+    let stats: Value = client
+        .get(format!("http://{addr}/api/v1/guilds/{}/stats", w.guild))
+        .bearer_auth(cluster.internal_token())
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["ordinal"], 1, "{stats}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_down_is_answered_politely_and_a_slow_owner_defers_then_edits_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = cluster::start_with(dir.path(), 2, 12, Strategy::Md5, &[], true).await;
+    let w = world(cluster.emulator(), 2, 1);
+
+    // The owner is killed: the polite ephemeral answer, within Discord's deadline (the
+    // emulator marks anything later as failed).
+    cluster.kill_pod(1).await;
+    let down = run(cluster.emulator(), command(&w, "stats", w.author, vec![])).await;
+    assert_eq!(responded(&down), Some(4), "{down:?}");
+    assert!(down.is_ephemeral(), "{down:?}");
+    assert!(content(&down).contains("restarting"), "{down:?}");
+
+    // Back, but slower than the deadline: a deferred response, then exactly one edit.
+    cluster
+        .start_pod_with(
+            1,
+            &[("FAULT_COMMAND_DELAY_MS".to_owned(), "4000".to_owned())],
+        )
+        .await
+        .expect("restart");
+    cluster
+        .wait_ready(1, crate::support::eventually::patience())
+        .await
+        .expect("ready");
+    let slow = run(cluster.emulator(), command(&w, "stats", w.author, vec![])).await;
+    assert_eq!(responded(&slow), Some(5), "{slow:?}");
+    let emu = cluster.emulator();
+    let edited = eventually("the deferred response to be edited", || async {
+        let r = emu.interaction(slow.id).expect("recorded");
+        (!r.edits.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(edited.edits.len(), 1, "{edited:?}");
+    assert_eq!(edited.reply_count(), 1, "{edited:?}");
+    assert!(content(&edited).contains("messages"), "{edited:?}");
+
+    // Restarted normally: commands answer directly again.
+    cluster
+        .stop_pod(1, std::time::Duration::from_secs(20))
+        .await;
+    cluster.start_pod(1).await.expect("restart");
+    cluster
+        .wait_ready(1, crate::support::eventually::patience())
+        .await
+        .expect("ready");
+    let back = run(cluster.emulator(), command(&w, "stats", w.author, vec![])).await;
+    assert_eq!(responded(&back), Some(4), "{back:?}");
+    assert!(content(&back).contains("messages"), "{back:?}");
+    let emu = cluster.emulator();
+    assert_eq!(emu.interaction(slow.id).expect("recorded").edits.len(), 1);
+    cluster.shutdown().await;
+}
