@@ -623,6 +623,46 @@ async fn every_command_end_to_end_and_forgeries_change_nothing() {
         .await
         .expect("json");
     assert_eq!(stats["ordinal"], 1, "{stats}");
+
+    // A service that still believes in one pod (no refresher running, so it cannot learn
+    // better first) sends the guild to ordinal 0, which refuses with 409 without executing;
+    // the service re-routes once to the owner the pod names, and the user sees one answer.
+    let cfg = HttpConfig {
+        initial_topology: Topology::new(Strategy::Md5, 1).expect("positive"),
+        public_key: key.verifying_key().to_bytes(),
+        internal_token: Secret::new(cluster.internal_token()),
+        url_template: UrlTemplate::parse(&cluster.url_template()).expect("template"),
+        discord: None,
+        bind: "127.0.0.1:0".parse().expect("addr"),
+    };
+    let state = guildshard::http::AppState::new(&cfg, "http-stale").expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stale_addr = listener.local_addr().expect("addr");
+    let app_state = state.clone();
+    let server =
+        tokio::spawn(async move { axum::serve(listener, guildshard::http::app(app_state)).await });
+    emu.set_interactions_url(Some(format!("http://{stale_addr}/interactions")));
+    let rerouted = run(emu, command(&w, "stats", w.author, vec![])).await;
+    assert!(
+        content(&rerouted).contains("**3** messages"),
+        "{rerouted:?}"
+    );
+    assert_eq!(rerouted.reply_count(), 1, "{rerouted:?}");
+    let metrics = state.metrics().encode();
+    assert!(
+        metrics.contains("guildshard_http_reroutes_total{pod=\"http-stale\"} 1"),
+        "{metrics}"
+    );
+    // Asked to learn, it finds both pods and routes by N=2 from then on.
+    let pods =
+        guildshard::http::route::Pods::new(cfg.url_template.clone(), cfg.internal_token.clone())
+            .expect("client");
+    state.topology().refresh(&pods, state.metrics()).await;
+    assert_eq!(state.topology().current().topology.pods.get(), 2);
+    assert!(state.topology().current().learned);
+    server.abort();
     cluster.shutdown().await;
 }
 
