@@ -459,6 +459,47 @@ async fn every_command_end_to_end_and_forgeries_change_nothing() {
     })
     .await;
     assert_eq!(responded(&stats), Some(4));
+    // /stats user:<member> asked by someone else, and /stats server (sub-commands).
+    let sub = |name: &str, options: Vec<CommandOption>| CommandOption {
+        name: name.into(),
+        kind: 1,
+        value: serde_json::to_value(options).expect("options as json"),
+    };
+    let of_author = run(
+        emu,
+        command(
+            &w,
+            "stats",
+            w.mod_user,
+            vec![sub("user", vec![option("user", 6, w.author)])],
+        ),
+    )
+    .await;
+    assert!(
+        content(&of_author).contains(&format!("<@{}>, last 30 days: **3** messages", w.author)),
+        "{of_author:?}"
+    );
+    let server = run(
+        emu,
+        command(
+            &w,
+            "stats",
+            w.author,
+            vec![sub(
+                "server",
+                vec![CommandOption {
+                    name: "days".into(),
+                    kind: 4,
+                    value: json!(7),
+                }],
+            )],
+        ),
+    )
+    .await;
+    assert!(
+        content(&server).contains("last 7 days**: 3 messages"),
+        "{server:?}"
+    );
     let leaderboard = run(emu, command(&w, "leaderboard", w.author, vec![])).await;
     assert!(
         content(&leaderboard).contains(&format!("<@{}> — 3 messages", w.author)),
