@@ -101,9 +101,18 @@ struct DevArgs {
     /// Generated events per second.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
-    /// Where the pods keep their databases (kept across runs).
+    /// Where the pods keep their databases and logs (kept across runs, like PVCs).
     #[arg(long, default_value = ".guildshard-dev")]
     data_dir: PathBuf,
+    /// Hash strategy: md5 or jump.
+    #[arg(long, default_value = "md5")]
+    strategy: String,
+    /// Run without the HTTP service.
+    #[arg(long)]
+    no_http: bool,
+    /// Stop by itself after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -166,7 +175,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd_register_commands(&config)
         }
         Command::Emulator(args) => cmd_emulator(args),
-        Command::Dev(_) | Command::Status => {
+        Command::Dev(args) => cmd_dev(args),
+        Command::Status => {
             eprintln!("guildshard: this command is not yet implemented");
             return Ok(ExitCode::from(EXIT_USAGE));
         }
@@ -380,6 +390,36 @@ fn cmd_register_commands(config: &DiscordConfig) -> anyhow::Result<()> {
         .context("registering commands")?;
     println!("registered {count} commands");
     Ok(())
+}
+
+fn cmd_dev(args: DevArgs) -> anyhow::Result<()> {
+    let topology = topology_arg(&args.strategy, args.pods, "--pods")?;
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        bail!(UsageError("--rate: must be a non-negative number".into()));
+    }
+    guildshard::telemetry::init_with_default(guildshard::telemetry::LogFormat::Text, "warn");
+    let opts = guildshard::dev::DevOptions {
+        binary: std::env::current_exe().context("finding this executable")?,
+        pods: topology.pods.get(),
+        guilds: args.guilds,
+        rate: args.rate,
+        strategy: topology.strategy,
+        data_dir: args.data_dir,
+        http: !args.no_http,
+        duration: args.duration.map(std::time::Duration::from_secs),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let shutdown = guildshard::shutdown::Shutdown::new();
+        let trip = shutdown.clone();
+        tokio::spawn(async move {
+            guildshard::shutdown::signal().await;
+            trip.trigger();
+        });
+        guildshard::dev::run(opts, shutdown)
+            .await
+            .context("dev cluster")
+    })
 }
 
 /// Non-blank lines, trimmed.

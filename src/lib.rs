@@ -14,13 +14,15 @@
 //! - L2 [`reshard`] (topology transitions and guild handoff).
 //! - L3 [`gateway`] (a gateway pod: serenity, ownership filter, features, internal API) and
 //!   [`http`] (the stateless interactions and API service).
-//! - L4 [`local_cluster`] (the emulator plus N pods as processes with StatefulSet semantics).
+//! - L4 [`local_cluster`] (the emulator plus N pods as processes with StatefulSet semantics)
+//!   and [`dev`] (the `guildshard dev` live view).
 //!
 //! `http` never imports `store`; `emulator` never imports `gateway` or `http`
 //! (`tests/architecture.rs` checks this).
 
 pub mod commands;
 pub mod config;
+pub mod dev;
 pub mod emulator;
 pub mod gateway;
 pub mod http;

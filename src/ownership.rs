@@ -21,6 +21,10 @@ use std::str::FromStr;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+/// Discord's epoch (2015-01-01T00:00:00Z) in Unix milliseconds: a snowflake's top 42 bits count
+/// milliseconds since then.
+pub const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+
 /// A Discord guild id (a snowflake).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -1037,3 +1037,30 @@ async fn cli_prints_its_address_and_serves() {
     assert_eq!(guilds.len(), 100);
     assert_eq!(proc.terminate(Duration::from_secs(10)).await, Some(0));
 }
+
+/// Every REST answer a bot reads at start parses with serenity's own client (a field serenity
+/// requires, such as a non-zero owner id, would otherwise fail only in a real pod).
+#[tokio::test]
+async fn serenity_http_parses_every_startup_answer() {
+    let run = start(small(3)).await;
+    let http = serenity::http::HttpBuilder::new(run.emu.application().token)
+        .proxy(run.emu.api_base())
+        .ratelimiter_disabled(true)
+        .build();
+    let app = http
+        .get_current_application_info()
+        .await
+        .expect("application info parses");
+    assert_eq!(app.id.get(), run.emu.application().id);
+    http.set_application_id(app.id);
+    let me = http.get_current_user().await.expect("current user parses");
+    assert!(me.bot);
+    let bot = http.get_bot_gateway().await.expect("gateway/bot parses");
+    assert!(bot.shards >= 1);
+    let commands = serde_json::Value::Array(guildshard::commands::definitions());
+    let registered = http
+        .create_global_commands(&commands)
+        .await
+        .expect("bulk overwrite parses");
+    assert_eq!(registered.len(), 5);
+}

@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 
 use super::state::{Channel, Guild, Member, Message, User};
-use crate::reshard::plan::DISCORD_EPOCH_MS;
+use crate::ownership::DISCORD_EPOCH_MS;
 
 /// Permissions of `@everyone` in emulated guilds (view, send, read history, reactions, ...).
 pub(crate) const EVERYONE_PERMISSIONS: u64 = 1_071_698_660_929;

@@ -40,19 +40,19 @@ impl RawEventHandler for Handler {
                         kind: unknown.kind.clone(),
                     })
                     .inc();
-                warn!(kind = %unknown.kind, "dispatch the client library could not parse");
+                warn!(pod = %pod.name, kind = %unknown.kind, "dispatch the client library could not parse");
                 return;
             }
             Event::Ready(ready) => {
                 pod.identifies.fetch_add(1, Ordering::Relaxed);
                 pod.connected.store(true, Ordering::Relaxed);
                 pod.metrics.gateway_ready.inc();
-                tracing::info!(shard = ?ready.ready.shard.map(|s| s.id.0), session = %ready.ready.session_id, "gateway session ready");
+                tracing::info!(pod = %pod.name, shard = ?ready.ready.shard.map(|s| s.id.0), session = %ready.ready.session_id, "gateway session ready");
             }
             Event::Resumed(_) => {
                 pod.connected.store(true, Ordering::Relaxed);
                 pod.metrics.gateway_resumed.inc();
-                tracing::info!("gateway session resumed");
+                tracing::info!(pod = %pod.name, "gateway session resumed");
             }
             _ => {}
         }
@@ -62,8 +62,10 @@ impl RawEventHandler for Handler {
         pod.metrics.owned(&class.kind);
         // Registered before any work so shutdown waits for this event before flushing.
         let _inflight = pod.inflight.token();
+        // serenity runs each handler as its own task, outside the pod's span: name the pod here.
         let span = tracing::info_span!(
             "event",
+            pod = %pod.name,
             kind = %class.kind,
             guild_id = class.guild.map(|g| g.0),
         );

@@ -10,8 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::ownership::{owner, GuildId, Topology};
 
-/// Discord's epoch (2015-01-01T00:00:00Z) in Unix milliseconds.
-pub const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+pub use crate::ownership::DISCORD_EPOCH_MS;
 
 /// The count of guilds moving between each pair of ordinals for one topology change.
 #[derive(Clone, Debug, PartialEq, Eq)]

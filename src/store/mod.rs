@@ -33,7 +33,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
-use crate::ownership::GuildId;
+use crate::ownership::{GuildId, DISCORD_EPOCH_MS};
 
 pub use activity::{ActivityRow, DayStats, UserStats};
 pub use deletions::CachedMessage;
@@ -492,11 +492,6 @@ fn open_reader(path: &Path) -> Result<Connection, Error> {
 pub fn snowflake_ms(id: u64) -> u64 {
     (id >> 22) + DISCORD_EPOCH_MS
 }
-
-/// Discord's epoch (2015-01-01T00:00:00Z) in Unix milliseconds. The same value as
-/// `reshard::plan::DISCORD_EPOCH_MS`, repeated because the store (level 1) may not import
-/// `reshard` (level 2).
-const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
 
 /// The UTC day (days since 1970-01-01) of a Unix time in milliseconds.
 pub fn utc_day(ms: u64) -> i64 {
