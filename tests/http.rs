@@ -759,5 +759,10 @@ async fn owner_down_is_answered_politely_and_a_slow_owner_defers_then_edits_once
     assert!(content(&back).contains("messages"), "{back:?}");
     let emu = cluster.emulator();
     assert_eq!(emu.interaction(slow.id).expect("recorded").edits.len(), 1);
+    // SIGTERM: the service drains and exits cleanly.
+    assert_eq!(
+        cluster.stop_http(std::time::Duration::from_secs(10)).await,
+        Some(0)
+    );
     cluster.shutdown().await;
 }
