@@ -41,10 +41,21 @@ enum Command {
     Owner(OwnerArgs),
     /// Show how many guilds move, and where, when the pod count changes.
     Plan(PlanArgs),
-    /// Show the cluster as the gateway pods report it.
-    Status,
+    /// Show the cluster as the gateway pods report it (reads NUM_GATEWAY_PODS,
+    /// SHARD_STRATEGY, GATEWAY_INTERNAL_URL_TEMPLATE, INTERNAL_AUTH_TOKEN).
+    Status(StatusArgs),
     /// Register the bot's commands with Discord (bulk overwrite; idempotent).
     RegisterCommands,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// Poll until the cluster has converged; exit 0 then, 1 on timeout.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -176,10 +187,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Emulator(args) => cmd_emulator(args),
         Command::Dev(args) => cmd_dev(args),
-        Command::Status => {
-            eprintln!("guildshard: this command is not yet implemented");
-            return Ok(ExitCode::from(EXIT_USAGE));
-        }
+        Command::Status(args) => return cmd_status(args),
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -432,4 +440,75 @@ fn read_lines(reader: impl BufRead) -> std::io::Result<Vec<String>> {
         }
     }
     Ok(lines)
+}
+
+/// Ordinals probed beyond NUM_GATEWAY_PODS, to show draining pods of a scale-down.
+const STATUS_PROBE_BEYOND: u32 = 8;
+
+fn cmd_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    use guildshard::config::{Secret, UrlTemplate};
+    use guildshard::ownership::Ordinal;
+    use guildshard::reshard::peers::Peers;
+    use guildshard::reshard::status::{table, verdict, Verdict};
+
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let pods: u32 = match env("NUM_GATEWAY_PODS").map(|v| v.parse()) {
+        Some(Ok(n)) if n > 0 => n,
+        _ => {
+            eprintln!("guildshard: NUM_GATEWAY_PODS: must be a positive integer");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let strategy: Strategy = match env("SHARD_STRATEGY").map_or(Ok(Strategy::Md5), |v| v.parse()) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("guildshard: SHARD_STRATEGY: {err}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let template = match env("GATEWAY_INTERNAL_URL_TEMPLATE").map(|v| UrlTemplate::parse(&v)) {
+        Some(Ok(t)) => t,
+        Some(Err(why)) => {
+            eprintln!("guildshard: GATEWAY_INTERNAL_URL_TEMPLATE: {why}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        None => {
+            eprintln!("guildshard: GATEWAY_INTERNAL_URL_TEMPLATE: must be set");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let Some(token) = env("INTERNAL_AUTH_TOKEN") else {
+        eprintln!("guildshard: INTERNAL_AUTH_TOKEN: must be set");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    };
+    let expected = Topology::new(strategy, pods).context("a positive pod count")?;
+    let peers = Peers::new(template, Secret::new(token));
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
+        loop {
+            let probes = (0..pods + STATUS_PROBE_BEYOND).map(Ordinal).map(|o| {
+                let peers = peers.clone();
+                async move { (o, peers.status(o).await.map_err(|e| e.to_string())) }
+            });
+            let all = futures::future::join_all(probes).await;
+            // Unreachable ordinals beyond N are simply not there; keep them out of the table.
+            let reports: Vec<_> = all
+                .into_iter()
+                .filter(|(o, r)| r.is_ok() || expected.is_member(*o))
+                .collect();
+            let v = verdict(expected, &reports);
+            let done = v == Verdict::Converged;
+            if !args.wait || done || std::time::Instant::now() >= deadline {
+                print!("{}", table(&reports));
+                println!("{v}");
+                return Ok(if done || !args.wait {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILURE)
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    })
 }

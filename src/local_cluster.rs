@@ -2,7 +2,8 @@
 //! processes with StatefulSet semantics, and optionally the HTTP service. Used by `guildshard
 //! dev` and by the integration tests.
 //!
-//! Level 4: uses `emulator`, `wire`, `ownership`, `shutdown`.
+//! Level 4: uses `emulator`, `wire`, `ownership`, `shutdown`, `reshard` (rescale follows the
+//! runbook and waits on the `status` verdict).
 //!
 //! StatefulSet semantics reproduced here: pods are named `gateway-<ordinal>`, get `POD_ORDINAL`
 //! and `NUM_GATEWAY_PODS` in their environment, and each ordinal keeps its own data directory
@@ -31,7 +32,8 @@ use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
 use crate::emulator::{self, Emulator, EmulatorConfig};
-use crate::ownership::Strategy;
+use crate::ownership::{Ordinal, Strategy, Topology};
+use crate::reshard::status::{self, Verdict};
 use crate::shutdown::Shutdown;
 use crate::wire::StatusReport;
 
@@ -78,6 +80,9 @@ pub enum Error {
         /// Its log file.
         log: String,
     },
+    /// A rescale did not converge.
+    #[error("rescale: {0}")]
+    Rescale(String),
     /// A pod's internal API did not answer.
     #[error("gateway-{ordinal} status: {why}")]
     Status {
@@ -453,6 +458,81 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Every pod's status (ordinals `0..N + extra`), unreachable ones as errors.
+    pub async fn statuses(&self, extra: u32) -> Vec<(Ordinal, Result<StatusReport, String>)> {
+        let probes = (0..self.num_gateway_pods + extra)
+            .map(|o| async move { (Ordinal(o), self.status(o).await.map_err(|e| e.to_string())) });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter(|(o, r)| r.is_ok() || o.0 < self.num_gateway_pods)
+            .collect()
+    }
+
+    /// The `guildshard status` verdict for this cluster.
+    pub async fn verdict(&self) -> Verdict {
+        let expected = Topology::new(self.cfg.strategy, self.num_gateway_pods)
+            .expect("num_gateway_pods is at least 1");
+        let extra = self.pods.keys().copied().max().unwrap_or(0) + 1;
+        status::verdict(expected, &self.statuses(extra).await)
+    }
+
+    /// Waits (up to `limit`) until the verdict is `converged`.
+    pub async fn wait_converged(&self, limit: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v = self.verdict().await;
+            if v == Verdict::Converged {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Rescale(format!(
+                    "not converged within {limit:?}: {v}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Restarts a running pod (SIGTERM, then start with the current environment) and waits
+    /// until it is ready: one step of a StatefulSet rolling update.
+    pub async fn roll_pod(&mut self, ordinal: u32, limit: Duration) -> Result<(), Error> {
+        self.stop_pod(ordinal, Duration::from_secs(25)).await;
+        self.start_pod(ordinal).await?;
+        self.wait_ready(ordinal, limit).await?;
+        Ok(())
+    }
+
+    /// Changes the pod count the way `cluster/RUNBOOK.md` tells an operator to, with
+    /// StatefulSet semantics, and waits until `guildshard status` says converged.
+    ///
+    /// Scale-up: raise replicas and `NUM_GATEWAY_PODS` together: the new ordinals start
+    /// (ascending), then the env change rolls the existing pods, highest ordinal first.
+    /// Scale-down: lower `NUM_GATEWAY_PODS` first (rolls every pod highest first; pods `>= N`
+    /// come back draining), wait until converged (draining pods empty), then lower replicas
+    /// (the pods `>= N` stop).
+    pub async fn rescale(&mut self, to: u32, limit: Duration) -> Result<(), Error> {
+        let to = to.max(1);
+        let from = self.num_gateway_pods;
+        self.set_num_gateway_pods(to);
+        let running = self.running();
+        for ordinal in from..to {
+            if !self.pods.contains_key(&ordinal) {
+                self.start_pod(ordinal).await?;
+                self.wait_ready(ordinal, limit).await?;
+            }
+        }
+        for ordinal in running.into_iter().rev() {
+            self.roll_pod(ordinal, limit).await?;
+        }
+        self.wait_converged(limit).await?;
+        let removed: Vec<u32> = self.pods.keys().copied().filter(|o| *o >= to).collect();
+        for ordinal in removed.into_iter().rev() {
+            self.stop_pod(ordinal, Duration::from_secs(25)).await;
+        }
+        self.wait_converged(limit).await
     }
 
     /// Starts the HTTP service and points the emulator's interactions at it.

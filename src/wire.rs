@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ownership::{Ordinal, Topology};
+use crate::ownership::{GuildId, Ordinal, Topology};
 
 /// Header carrying how many milliseconds the owner pod has to answer an interaction before it
 /// must defer it (answer "deferred" and edit the original response later).
@@ -42,6 +42,36 @@ pub struct StatusReport {
     pub identifies: u64,
     /// The last error the pod ran into, if any.
     pub last_error: Option<String>,
+    /// Peer ordinals this pod processes guilds for while they are down (resharding cover).
+    #[serde(default)]
+    pub covering: Vec<Ordinal>,
+    /// Resharding handoff progress.
+    #[serde(default)]
+    pub handoff: HandoffProgress,
+}
+
+/// What the resharding coordinator of one pod has done and still has to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffProgress {
+    /// Guilds this pod owns that peers still hold, as of the last listing.
+    pub pending_pull: u64,
+    /// Guild copies pulled from peers (imported and deleted there) since start.
+    pub pulled: u64,
+    /// Guilds imported from departed ordinals' replicas since start.
+    pub restored: u64,
+    /// Departed ordinals whose replica this pod still has to restore.
+    pub replicas_pending: Vec<u32>,
+    /// The last handoff error, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// `GET /internal/v1/guilds`: the guilds a pod holds rows for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldGuilds {
+    /// The answering pod.
+    pub ordinal: Ordinal,
+    /// Every guild with at least one row in its database.
+    pub guild_ids: Vec<GuildId>,
 }
 
 /// What the owner pod answers at `POST /internal/v1/interactions`.

@@ -335,3 +335,80 @@ async fn internal_api_rejects_bad_input() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_delivered_twice_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = cluster::start(dir.path(), 1, 25, &[]).await;
+    run_traffic(&cluster, 600, 1200.0).await;
+    let expected = expected_messages(&cluster.emulator().traffic_log());
+    eventually("every message to be recorded", || async {
+        (activity(&cluster.db_path(0)).len() >= expected.len()).then_some(())
+    })
+    .await;
+    let seen_before = cluster.status(0).await.expect("status").events_seen;
+    let store_path = cluster.db_path(0);
+    let snapshot = || async {
+        let store = guildshard::store::Store::open(&store_path)
+            .await
+            .expect("open");
+        let rows = futures_rows(&store).await;
+        store.close().await.expect("close");
+        rows
+    };
+    let before = snapshot().await;
+    let posts_before: usize = bot_posts(&cluster);
+
+    // Deliver every dispatch of the pod's session a second time.
+    let session = cluster
+        .emulator()
+        .sessions()
+        .into_iter()
+        .next()
+        .expect("a session");
+    let again = cluster
+        .emulator()
+        .redeliver(&session.session_id, 1)
+        .expect("redeliver");
+    assert!(again >= expected.len(), "redelivered {again}");
+    eventually("the pod to see the duplicates", || async {
+        let seen = cluster.status(0).await.ok()?.events_seen;
+        (seen >= seen_before + again as u64).then_some(())
+    })
+    .await;
+    // Handlers run as their own tasks; wait until the pod has handled everything it owns.
+    eventually("the duplicates to be handled", || async {
+        let s = cluster.status(0).await.ok()?;
+        (s.events_handled >= s.events_owned).then_some(())
+    })
+    .await;
+    assert_eq!(
+        snapshot().await,
+        before,
+        "a replay changed the recorded data"
+    );
+    assert_eq!(
+        bot_posts(&cluster),
+        posts_before,
+        "a replay made the bot post again"
+    );
+    cluster.shutdown().await;
+}
+
+/// Every message the bot has posted in any channel or DM.
+fn bot_posts(cluster: &guildshard::local_cluster::LocalCluster) -> usize {
+    let emulator = cluster.emulator();
+    let mut n = 0;
+    for guild in emulator.guilds() {
+        for channel in &guild.channels {
+            n += emulator
+                .bot_messages(*channel)
+                .map(|m| m.len())
+                .unwrap_or_default();
+        }
+        for user in &guild.members {
+            n += emulator.bot_dms(*user).map(|m| m.len()).unwrap_or_default();
+        }
+    }
+    n
+}

@@ -865,6 +865,35 @@ impl Emulator {
         Ok(())
     }
 
+    /// Delivers the session's buffered dispatches from `from_seq` on once more, as new
+    /// dispatches with new sequence numbers. Discord's delivery is at-least-once (a client can
+    /// see an event twice, e.g. around a resume); this lets a test make that happen on demand.
+    /// READY and RESUMED are not repeated. Returns how many dispatches were sent again.
+    ///
+    /// # Errors
+    /// Unknown session.
+    pub fn redeliver(&self, session_id: &str, from_seq: u64) -> Result<usize, Error> {
+        let mut st = self.lock();
+        let session = st
+            .sessions
+            .get(session_id)
+            .ok_or_else(|| Error::UnknownSession(session_id.to_owned()))?;
+        let again: Vec<(String, Value)> = session
+            .buffer
+            .iter()
+            .filter(|(seq, _)| *seq >= from_seq)
+            .filter_map(|(_, frame)| {
+                let v: Value = serde_json::from_str(frame).ok()?;
+                let kind = v.get("t")?.as_str()?.to_owned();
+                (kind != "READY" && kind != "RESUMED").then(|| (kind, v["d"].clone()))
+            })
+            .collect();
+        for (kind, d) in &again {
+            st.dispatch_to(session_id, kind, d);
+        }
+        Ok(again.len())
+    }
+
     /// Where interactions are POSTed (`None`: nowhere).
     pub fn set_interactions_url(&self, url: Option<String>) {
         self.lock().interactions_url = url;

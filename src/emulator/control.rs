@@ -20,7 +20,7 @@
 //! | `POST /interactions/commands` ([`super::RunCommand`]), `POST /interactions/ping` | run |
 //! | `GET /interactions`, `GET /interactions/{id}`, `GET /commands` | records |
 //! | `PUT /interactions-url {url}` | [`Emulator::set_interactions_url`] |
-//! | `GET /sessions`; `POST /sessions/{s}/{reconnect,drop,zombie,heartbeat}` | sessions |
+//! | `GET /sessions`; `POST /sessions/{s}/{reconnect,drop,zombie,heartbeat,redeliver}` | sessions |
 //! | `POST /sessions/{s}/invalidate {resumable}`, `POST /sessions/{s}/close {code}` | sessions |
 //! | `POST /traffic` ([`super::TrafficRequest`]), `DELETE /traffic`, `GET /traffic`, `GET /traffic/log` | traffic |
 
@@ -338,6 +338,7 @@ async fn sessions(AxumState(emu): AxumState<Emulator>) -> Json<Vec<SessionInfo>>
 struct SessionArgs {
     resumable: Option<bool>,
     code: Option<u16>,
+    from_seq: Option<u64>,
 }
 
 async fn session_action(
@@ -353,6 +354,9 @@ async fn session_action(
         "zombie" => emu.zombie(&s)?,
         "heartbeat" => emu.request_heartbeat(&s)?,
         "close" => emu.close_session(&s, args.code.unwrap_or(4000))?,
+        "redeliver" => {
+            emu.redeliver(&s, args.from_seq.unwrap_or(1))?;
+        }
         other => return Err(Error::Invalid(format!("unknown session action {other:?}"))),
     }
     Ok(StatusCode::NO_CONTENT)

@@ -20,7 +20,9 @@ use crate::config::Secret;
 use crate::gateway::commands;
 use crate::gateway::pod::Pod;
 use crate::ownership::{owner, GuildId};
-use crate::wire::{ErrorBody, InteractionOutcome, NotOwner, StatusReport, DEADLINE_HEADER};
+use crate::wire::{
+    ErrorBody, HeldGuilds, InteractionOutcome, NotOwner, StatusReport, DEADLINE_HEADER,
+};
 
 /// Largest interaction body accepted (Discord's payloads are a few KiB; resolved messages can
 /// make them larger).
@@ -90,6 +92,7 @@ pub fn internal_app(pod: Arc<Pod>, token: Secret) -> Router {
             "/internal/v1/interactions",
             post(interaction).layer(DefaultBodyLimit::max(MAX_INTERACTION_BODY)),
         )
+        .route("/internal/v1/guilds", get(held_guilds))
         .route("/internal/v1/guilds/{id}/export", get(export))
         .route("/internal/v1/guilds/{id}/stats", get(guild_stats))
         .route(
@@ -158,12 +161,21 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
     let totals = pod.metrics.totals();
     let guild_ids = pod.store.guild_ids().await.unwrap_or_default();
     let standby = !processing.current.is_member(pod.ordinal());
+    let handoff = pod.coordinator.progress();
+    let held_foreign = guild_ids
+        .iter()
+        .filter(|g| !pod.ownership.owns(**g))
+        .count() as u64;
     let state = if pod.stopping.load(Ordering::Relaxed) {
         "stopping"
     } else if processing.previous.is_some() {
         "transitioning"
+    } else if standby && !guild_ids.is_empty() {
+        "draining"
     } else if standby {
         "standby"
+    } else if handoff.pending_pull > 0 || !handoff.replicas_pending.is_empty() {
+        "handing_off"
     } else {
         "active"
     };
@@ -175,16 +187,15 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
         ready: pod.is_ready(),
         guilds_owned: pod.guilds_owned(),
         guilds_held: guild_ids.len() as u64,
-        handoff_pending: guild_ids
-            .iter()
-            .filter(|g| !pod.ownership.owns(**g))
-            .count() as u64,
+        handoff_pending: held_foreign,
         events_seen: totals.seen.load(Ordering::Relaxed),
         events_owned: totals.owned.load(Ordering::Relaxed),
         events_handled: totals.handled.load(Ordering::Relaxed),
         db_size_bytes: pod.store.db_size_bytes().await.unwrap_or(0),
         identifies: pod.identifies.load(Ordering::Relaxed),
         last_error: pod.last_error(),
+        covering: pod.ownership.covering().into_iter().collect(),
+        handoff,
     }
 }
 
@@ -206,6 +217,10 @@ async fn interaction(
         }));
     };
     let guild = command.guild_id.map(|g| GuildId(g.get()));
+    if let Some(g) = guild {
+        // A guild some peer still holds is pulled first, so the answer sees all its data.
+        state.pod.coordinator.ensure_local(g).await;
+    }
     if !state.pod.ownership.processes(guild) {
         return Err(match guild {
             Some(g) => not_owner(&state.pod, g),
@@ -236,6 +251,13 @@ async fn export(
     Ok(Json(export).into_response())
 }
 
+async fn held_guilds(State(state): State<ApiState>) -> Result<Json<HeldGuilds>, ApiError> {
+    Ok(Json(HeldGuilds {
+        ordinal: state.pod.ordinal(),
+        guild_ids: state.pod.store.guild_ids().await?,
+    }))
+}
+
 async fn guild_stats(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -260,10 +282,12 @@ async fn delete_guild(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let guild = parse_guild(&id)?;
-    // Deleting a guild this pod still owns would lose its data: only a previous owner may.
-    if state.pod.ownership.owns(guild) {
+    // Deleting a guild this pod still owns would lose its data, and deleting one it still
+    // processes (previous topology, or covering a down peer) would lose rows written after the
+    // caller's export: only a pod that no longer processes the guild deletes its copy.
+    if state.pod.ownership.owns(guild) || state.pod.ownership.processes(Some(guild)) {
         return Err(ApiError::BadRequest(format!(
-            "guild {guild} is owned by this pod; only a previous owner deletes its copy"
+            "guild {guild} is still processed by this pod; it keeps its copy for now"
         )));
     }
     let before = state.pod.store.row_counts(guild).await?;

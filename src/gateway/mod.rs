@@ -33,7 +33,10 @@ use crate::config::GatewayConfig;
 use crate::gateway::features::now_ms;
 use crate::gateway::metrics::Metrics;
 use crate::gateway::pod::Pod;
-use crate::reshard::topology::{OwnershipView, Processing};
+use crate::reshard::coordinator::Coordinator;
+use crate::reshard::peers::Peers;
+use crate::reshard::replica::ReplicaConfig;
+use crate::reshard::topology::OwnershipView;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreOptions, Write};
 
@@ -44,7 +47,9 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// Deleted-message content is kept this long (DESIGN §5).
 const CONTENT_RETENTION_MS: u64 = 7 * 86_400_000;
 /// The meta key holding the topology this pod last ran under.
-pub const META_TOPOLOGY: &str = "topology";
+pub const META_TOPOLOGY: &str = crate::reshard::coordinator::META_TOPOLOGY;
+/// How long a stopping pod waits for a peer to cover its guilds before closing the gateway.
+const AWAIT_COVER: Duration = Duration::from_secs(3);
 
 /// The two listeners a gateway pod serves on, already bound.
 pub struct Listeners {
@@ -63,6 +68,9 @@ pub enum Error {
     /// Discord (or the emulator) refused or was unreachable at start.
     #[error(transparent)]
     Connect(#[from] discord::ConnectError),
+    /// The resharding state could not be read or recorded.
+    #[error("resharding: {0}")]
+    Reshard(#[from] crate::reshard::Error),
     /// A listener failed.
     #[error("serving http: {0}")]
     Serve(#[from] std::io::Error),
@@ -95,8 +103,8 @@ async fn run_pod(
         },
     )
     .await?;
-    let previous = remember_topology(&store, &cfg).await?;
-    if let Some(previous) = previous {
+    let processing = crate::reshard::coordinator::start_topology(&store, cfg.topology).await?;
+    if let Some(previous) = processing.previous {
         info!(%previous, current = %cfg.topology, "topology changed since this pod last ran");
     }
     if cfg.is_standby() {
@@ -105,15 +113,17 @@ async fn run_pod(
 
     let rest = Arc::new(discord::rest_client(&cfg.discord));
     discord::ensure_application_id(&rest).await?;
+    let ownership = Arc::new(OwnershipView::new(cfg.ordinal, processing));
+    let coordinator = Arc::new(Coordinator::new(
+        ownership.clone(),
+        store.clone(),
+        Peers::new(cfg.url_template.clone(), cfg.internal_token.clone()),
+        replica_config(&cfg),
+    ));
     let pod = Arc::new(Pod {
         name: pod_name.clone(),
-        ownership: OwnershipView::new(
-            cfg.ordinal,
-            Processing {
-                current: cfg.topology,
-                previous: None,
-            },
-        ),
+        ownership,
+        coordinator: coordinator.clone(),
         store: store.clone(),
         metrics: Metrics::new(&pod_name),
         rest,
@@ -148,10 +158,18 @@ async fn run_pod(
     let background = Shutdown::new();
     let outbox = tokio::spawn(outbox::run(pod.clone(), background.cancelled()).in_current_span());
     let purge = tokio::spawn(purge_loop(pod.clone(), background.cancelled()).in_current_span());
+    let resharding = tokio::spawn(
+        coordinator
+            .clone()
+            .run(background.cancelled())
+            .instrument(tracing::info_span!("reshard")),
+    );
 
     shutdown.cancelled().await;
     info!("shutting down: closing the gateway, draining handlers, flushing the database");
     pod.stopping.store(true, Ordering::Relaxed);
+    // Keep processing until a peer covers this pod's guilds (DESIGN §7, cover while down).
+    coordinator.await_cover(AWAIT_COVER).await;
     shards.close().await;
     pod.inflight.close();
     if tokio::time::timeout(DRAIN_HANDLERS, pod.inflight.wait())
@@ -163,6 +181,7 @@ async fn run_pod(
     background.trigger();
     let _ = outbox.await;
     let _ = purge.await;
+    let _ = resharding.await;
     store.close().await?;
     servers.trigger();
     let _ = public.await;
@@ -171,24 +190,22 @@ async fn run_pod(
     Ok(())
 }
 
-/// Records the topology this run uses and returns the one the pod ran under before, if it
-/// differs (the start of a transition, DESIGN §7.1).
-async fn remember_topology(
-    store: &Store,
-    cfg: &GatewayConfig,
-) -> Result<Option<crate::ownership::Topology>, crate::store::Error> {
-    let previous = store
-        .meta(META_TOPOLOGY)
-        .await?
-        .and_then(|v| serde_json::from_str::<crate::ownership::Topology>(&v).ok());
-    let current = serde_json::to_string(&cfg.topology).unwrap_or_default();
-    store
-        .apply(Write::SetMeta {
-            key: META_TOPOLOGY.into(),
-            value: current,
-        })
-        .await?;
-    Ok(previous.filter(|p| *p != cfg.topology))
+/// Litestream restore settings for the replica fallback, when `LITESTREAM_CONFIG` names a
+/// configuration (`LITESTREAM_BIN` overrides the `litestream` executable).
+fn replica_config(cfg: &GatewayConfig) -> Option<ReplicaConfig> {
+    let config = std::env::var_os("LITESTREAM_CONFIG").map(std::path::PathBuf::from)?;
+    let binary = std::env::var_os("LITESTREAM_BIN").map_or_else(|| "litestream".into(), Into::into);
+    let scratch = cfg
+        .database_path
+        .parent()
+        .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf)
+        .join("restore");
+    Some(ReplicaConfig {
+        binary,
+        config,
+        database_path: cfg.database_path.clone(),
+        scratch,
+    })
 }
 
 /// Ordinal 0 registers the command set with one bulk overwrite (idempotent).

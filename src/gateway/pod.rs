@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::gateway::metrics::Metrics;
 use crate::ownership::{GuildId, Ordinal};
+use crate::reshard::coordinator::Coordinator;
 use crate::reshard::topology::OwnershipView;
 use crate::store::Store;
 
@@ -20,7 +21,9 @@ pub struct Pod {
     /// `gateway-<ordinal>`.
     pub name: String,
     /// What this pod processes.
-    pub ownership: OwnershipView,
+    pub ownership: Arc<OwnershipView>,
+    /// The resharding coordinator (cover, convergence, handoff).
+    pub coordinator: Arc<Coordinator>,
     /// The pod's database.
     pub store: Store,
     /// Prometheus metrics.

@@ -187,6 +187,8 @@ mod tests {
             db_size_bytes: 0,
             identifies: 0,
             last_error: None,
+            covering: Vec::new(),
+            handoff: Default::default(),
         }
     }
 

@@ -1,7 +1,92 @@
 //! Resharding: what changes when the number of gateway pods changes, and moving guild data to
-//! its new owner.
+//! its new owner (DESIGN §7). Level 2: uses `ownership`, `store` and `wire`; the gateway (L3)
+//! wires it in, `local_cluster` (L4) drives rescales, `guildshard status` reads its verdict.
 //!
-//! Level 2: uses `ownership`, `store` and `wire`.
+//! # The protocol
+//!
+//! Every pod runs a [`coordinator::Coordinator`] that polls every peer's
+//! `GET /internal/v1/status` (ordinals `0..max(N, N_previous) + PROBE_BEYOND`) a few times a
+//! second and changes the pod's [`topology::OwnershipView`] from what it sees.
+//!
+//! 1. **Persisted topology.** At start a pod stores the topology it runs under (`meta`
+//!    `topology`). When the stored one differs, it is kept as `topology.previous` and the pod
+//!    processes its guilds under the new topology **and** the previous one. `topology.previous`
+//!    is removed only when the pod sees the transition converged, so a pod killed -9 mid-rollout
+//!    restarts still processing both sets.
+//! 2. **Cover while down** (our addition to DESIGN §7). A StatefulSet restarts a pod in place: for
+//!    the seconds between the old process closing its gateway and the new one's READY, nobody
+//!    would process that ordinal's guilds, and a fresh IDENTIFY does not replay what was missed.
+//!    So every live pod also processes the guilds of any ordinal that is not live (unreachable,
+//!    not ready, or `stopping`) under any topology it knows. A pod given SIGTERM first reports
+//!    `stopping`, keeps processing until a peer reports covering it (bounded wait), and only
+//!    then closes its gateway. Overlap is harmless (idempotent writes); the copies written by
+//!    covering pods are merged back by the handoff below. What remains uncovered: a pod killed
+//!    -9 is covered only once its peers notice (one poll interval plus a request timeout).
+//! 3. **Convergence.** A pod considers the transition converged when every member ordinal
+//!    (`< N`) is live and reports the same topology as this pod, and every other reachable pod
+//!    (ordinals `>= N`, draining) also reports it. It then forgets the previous topology.
+//!    Every pod decides on its own; before it does, it still processes its previous guilds, so
+//!    at every moment each guild has at least one processing pod (its current owner, which
+//!    never stops, or its previous owner, which stops only after the new owner is live).
+//! 4. **Handoff (pull).** Once a pod has no previous topology it reconciles: for each reachable
+//!    peer it lists the guilds the peer holds (`GET /internal/v1/guilds`) and for each one this
+//!    pod owns: export from the peer → import here (idempotent merge, committed) → `DELETE` on
+//!    the peer. The peer refuses the delete while it still *processes* the guild (it would lose
+//!    rows written after the export); the pull is then retried on a later pass. Every step is
+//!    idempotent, so a crash anywhere is recovered by running the pass again: import of rows
+//!    already imported changes nothing, and the peer still holds what was not deleted. The pass
+//!    repeats every poll round, so copies written by covering pods flow back as well.
+//!    Interactions for a guild some peer still holds pull that guild first (on demand).
+//! 5. **Replica fallback.** At convergence a pod records (`reshard.replicas_pending`) the
+//!    ordinals of the previous topology that are no longer members and are unreachable: they
+//!    were removed before draining, or their volume is gone. For each it restores that ordinal's
+//!    Litestream replica (`litestream restore -o <tmp>` with `POD_ORDINAL=<k>`) into a temporary
+//!    file, enumerates its guilds, imports the ones it owns, and clears the entry. Loss is
+//!    bounded by Litestream's sync interval.
+//! 6. **Draining.** Pods with ordinal `>= N` own nothing under the new topology; they keep
+//!    processing their previous guilds until convergence, serve exports, and report
+//!    `draining` with `guilds_held` until every guild is pulled. Scale-down is safe once
+//!    `guildshard status` shows them empty.
+//!
+//! # Invariants
+//! - No gap: at every instant each guild has a processing pod (except a kill -9 window of one
+//!   poll interval, see 2).
+//! - No loss by handoff: a pod deletes a guild only after the new owner committed the import,
+//!   and only while it no longer processes the guild.
+//! - No double count: all writes are keyed by snowflakes, so imports and overlap merge.
+//! - Restartable: the only state that must survive a crash is `topology` and
+//!   `topology.previous` (and the pending replica list); everything else is recomputed from the
+//!   peers' listings.
 
+pub mod coordinator;
+pub mod handoff;
+pub mod peers;
 pub mod plan;
+pub mod replica;
+pub mod status;
 pub mod topology;
+
+/// Why a resharding step failed. Every step is retried on the next round.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The pod's own database failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::Error),
+    /// A peer could not be reached or answered something unexpected.
+    #[error("gateway-{ordinal}: {why}")]
+    Peer {
+        /// The peer.
+        ordinal: u32,
+        /// What went wrong.
+        why: String,
+    },
+    /// Restoring a departed ordinal's replica failed.
+    #[error("restoring the replica of gateway-{ordinal}: {why}")]
+    Replica {
+        /// The departed ordinal.
+        ordinal: u32,
+        /// What went wrong.
+        why: String,
+    },
+}

@@ -4,7 +4,11 @@
 //! Overlap between pods is harmless because every write is idempotent; a gap (a guild no pod
 //! processes) is not allowed, so a pod keeps its previous guilds until every pod runs the new
 //! topology.
+//!
+//! While a peer ordinal is down, a pod also processes that ordinal's guilds ("cover", see the
+//! protocol in [`crate::reshard`]).
 
+use std::collections::BTreeSet;
 use std::sync::RwLock;
 
 use crate::ownership::{owner, owner_of_event, GuildId, Ordinal, Topology};
@@ -23,6 +27,7 @@ pub struct Processing {
 pub struct OwnershipView {
     ordinal: Ordinal,
     processing: RwLock<Processing>,
+    covering: RwLock<BTreeSet<Ordinal>>,
 }
 
 impl OwnershipView {
@@ -31,6 +36,7 @@ impl OwnershipView {
         OwnershipView {
             ordinal,
             processing: RwLock::new(processing),
+            covering: RwLock::new(BTreeSet::new()),
         }
     }
 
@@ -58,6 +64,34 @@ impl OwnershipView {
         p.previous = None;
     }
 
+    /// The peer ordinals whose guilds this pod processes while they are down.
+    pub fn covering(&self) -> BTreeSet<Ordinal> {
+        self.covering
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the set of covered ordinals; returns whether it changed.
+    pub fn set_covering(&self, covering: BTreeSet<Ordinal>) -> bool {
+        let mut c = self
+            .covering
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *c != covering;
+        *c = covering;
+        changed
+    }
+
+    /// Every ordinal that owns a guild under the current or previous topology.
+    pub fn ordinals_in_play(&self) -> u32 {
+        let p = self.processing();
+        p.current
+            .pods
+            .get()
+            .max(p.previous.map_or(0, |t| t.pods.get()))
+    }
+
     /// Whether this pod owns `guild` under its current topology.
     pub fn owns(&self, guild: GuildId) -> bool {
         owner(guild, self.processing().current) == self.ordinal
@@ -67,7 +101,14 @@ impl OwnershipView {
     /// ordinal 0 handles).
     pub fn processes(&self, guild: Option<GuildId>) -> bool {
         let p = self.processing();
-        let under = |t: Topology| owner_of_event(guild, t) == self.ordinal;
+        let covering = self
+            .covering
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let under = |t: Topology| {
+            let o = owner_of_event(guild, t);
+            o == self.ordinal || covering.contains(&o)
+        };
         under(p.current) || p.previous.is_some_and(under)
     }
 }
@@ -107,6 +148,30 @@ mod tests {
             let processing = views.iter().filter(|v| v.processes(Some(g))).count();
             assert_eq!(processing, 1);
         }
+    }
+
+    #[test]
+    fn a_pod_covers_a_down_peer_under_both_topologies() {
+        let view = OwnershipView::new(
+            Ordinal(0),
+            Processing {
+                current: t(5),
+                previous: Some(t(3)),
+            },
+        );
+        let guilds: Vec<GuildId> = (1..3000).map(|i| GuildId(i * 7919)).collect();
+        let of_two = |g: &GuildId| owner(*g, t(3)) == Ordinal(2) || owner(*g, t(5)) == Ordinal(2);
+        assert!(guilds
+            .iter()
+            .filter(|g| of_two(g))
+            .any(|g| !view.processes(Some(*g))));
+        assert!(view.set_covering([Ordinal(2)].into()));
+        assert!(guilds
+            .iter()
+            .filter(|g| of_two(g))
+            .all(|g| view.processes(Some(*g))));
+        assert!(!view.set_covering([Ordinal(2)].into()));
+        assert_eq!(view.ordinals_in_play(), 5);
     }
 
     #[test]

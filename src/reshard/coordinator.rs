@@ -1,0 +1,425 @@
+//! The per-pod resharding coordinator: polls the peers, keeps the pod's [`OwnershipView`]
+//! current (cover for down peers, end of a transition), and pulls the guilds this pod owns from
+//! wherever they are held. The protocol and its invariants are in [`crate::reshard`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use tracing::{info, warn};
+
+use crate::ownership::{owner, GuildId, Ordinal, Topology};
+use crate::store::{Store, Write};
+use crate::wire::{HandoffProgress, StatusReport};
+
+use super::handoff::{self, Pulled};
+use super::peers::Peers;
+use super::replica::{self, ReplicaConfig, Restored};
+use super::topology::{OwnershipView, Processing};
+use super::Error;
+
+/// The meta key holding the topology this pod last ran under.
+pub const META_TOPOLOGY: &str = "topology";
+/// The meta key holding the topology before that, until the transition converged ("" = none).
+pub const META_PREVIOUS: &str = "topology.previous";
+/// The meta key holding departed ordinals whose replica still has to be restored (JSON list).
+pub const META_REPLICAS_PENDING: &str = "reshard.replicas_pending";
+/// How often the peers are polled.
+pub const POLL_EVERY: Duration = Duration::from_millis(250);
+/// Ordinals probed beyond those that own (or owned, since this pod started) guilds, to find
+/// draining or standby pods after the previous topology is forgotten.
+pub const PROBE_BEYOND: u32 = 8;
+
+/// Reads the stored topologies, records `current`, and returns what the pod processes: the
+/// current topology and, until the transition converges, the one it ran under before. A pod
+/// restarted mid-transition (even by kill -9) gets the same previous topology back.
+///
+/// # Errors
+/// [`Error::Store`] when the meta table cannot be read or written.
+pub async fn start_topology(store: &Store, current: Topology) -> Result<Processing, Error> {
+    let read = |v: Option<String>| v.and_then(|v| serde_json::from_str::<Topology>(&v).ok());
+    let stored = read(store.meta(META_TOPOLOGY).await?);
+    let stored_previous = read(store.meta(META_PREVIOUS).await?);
+    let previous = match stored {
+        Some(t) if t != current => Some(t),
+        _ => stored_previous.filter(|p| *p != current),
+    };
+    // Previous first: a crash between the two writes must not lose it.
+    store
+        .apply(Write::SetMeta {
+            key: META_PREVIOUS.into(),
+            value: previous
+                .map(|p| serde_json::to_string(&p).unwrap_or_default())
+                .unwrap_or_default(),
+        })
+        .await?;
+    store
+        .apply(Write::SetMeta {
+            key: META_TOPOLOGY.into(),
+            value: serde_json::to_string(&current).unwrap_or_default(),
+        })
+        .await?;
+    Ok(Processing { current, previous })
+}
+
+/// One pod's coordinator.
+pub struct Coordinator {
+    view: Arc<OwnershipView>,
+    store: Store,
+    peers: Peers,
+    replica: Option<ReplicaConfig>,
+    progress: Mutex<HandoffProgress>,
+    /// For each guild this pod owns that peers still hold: which peers (on-demand pulls).
+    holders: Mutex<BTreeMap<GuildId, BTreeSet<Ordinal>>>,
+    /// Peers seen live since this pod started: only those are covered when down, so a cluster
+    /// starting up (or a new ordinal not yet started) does not make every pod process everything.
+    seen_live: Mutex<BTreeSet<Ordinal>>,
+    /// The most ordinals in play since start: draining pods of a forgotten previous topology
+    /// are still probed.
+    widest: std::sync::atomic::AtomicU32,
+    /// One pull at a time, so a round and an on-demand pull do not race on one guild.
+    pulling: tokio::sync::Mutex<()>,
+}
+
+impl Coordinator {
+    /// A coordinator for the pod whose view is `view`.
+    pub fn new(
+        view: Arc<OwnershipView>,
+        store: Store,
+        peers: Peers,
+        replica: Option<ReplicaConfig>,
+    ) -> Self {
+        Coordinator {
+            view,
+            store,
+            peers,
+            replica,
+            progress: Mutex::new(HandoffProgress::default()),
+            holders: Mutex::new(BTreeMap::new()),
+            seen_live: Mutex::new(BTreeSet::new()),
+            widest: std::sync::atomic::AtomicU32::new(0),
+            pulling: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn me(&self) -> Ordinal {
+        self.view.ordinal()
+    }
+
+    fn progress_mut(&self) -> std::sync::MutexGuard<'_, HandoffProgress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The handoff progress, for the status report.
+    pub fn progress(&self) -> HandoffProgress {
+        self.progress_mut().clone()
+    }
+
+    /// Polls and acts every [`POLL_EVERY`] until `stop` completes.
+    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            self.round().await;
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        }
+    }
+
+    async fn poll(&self) -> Vec<(Ordinal, Result<StatusReport, Error>)> {
+        let span = self
+            .widest
+            .fetch_max(
+                self.view.ordinals_in_play(),
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .max(self.view.ordinals_in_play())
+            + PROBE_BEYOND;
+        let me = self.me();
+        join_all(
+            (0..span)
+                .map(Ordinal)
+                .filter(|o| *o != me)
+                .map(|o| async move { (o, self.peers.status(o).await) }),
+        )
+        .await
+    }
+
+    /// One round: cover, convergence, handoff.
+    pub async fn round(&self) {
+        let reports = self.poll().await;
+        let live = |s: &StatusReport| s.ready && s.state != "stopping";
+        let in_play = self.view.ordinals_in_play();
+        let covering: BTreeSet<Ordinal> = {
+            let mut seen = self
+                .seen_live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            seen.extend(
+                reports
+                    .iter()
+                    .filter(|(_, r)| r.as_ref().is_ok_and(live))
+                    .map(|(o, _)| *o),
+            );
+            reports
+                .iter()
+                .filter(|(o, r)| o.0 < in_play && seen.contains(o) && !r.as_ref().is_ok_and(live))
+                .map(|(o, _)| *o)
+                .collect()
+        };
+        if self.view.set_covering(covering.clone()) {
+            let p = self.view.processing();
+            info!(
+                window = "processing",
+                current = %p.current,
+                previous = ?p.previous.map(|t| t.to_string()),
+                covering = ?covering.iter().map(|o| o.0).collect::<Vec<_>>(),
+                "processing window changed"
+            );
+        }
+
+        let p = self.view.processing();
+        if let Some(previous) = p.previous {
+            if converged(p.current, self.me(), &reports) {
+                if let Err(err) = self.converge(p.current, previous, &reports).await {
+                    self.fail(&err);
+                }
+            }
+            return;
+        }
+        if let Err(err) = self.handoff_round(p.current, &reports).await {
+            self.fail(&err);
+        }
+    }
+
+    fn fail(&self, err: &Error) {
+        warn!(cause = %err, "resharding step failed; retrying");
+        self.progress_mut().last_error = Some(err.to_string());
+    }
+
+    async fn converge(
+        &self,
+        current: Topology,
+        previous: Topology,
+        reports: &[(Ordinal, Result<StatusReport, Error>)],
+    ) -> Result<(), Error> {
+        // Departed ordinals nobody can pull from: their replica is all that is left.
+        let gone: Vec<u32> = (current.pods.get()..previous.pods.get())
+            .filter(|o| reports.iter().any(|(r, s)| r.0 == *o && s.is_err()))
+            .collect();
+        if !gone.is_empty() {
+            let mut pending = self.replicas_pending().await?;
+            pending.extend(gone);
+            self.set_replicas_pending(&pending).await?;
+        }
+        self.store
+            .apply(Write::SetMeta {
+                key: META_PREVIOUS.into(),
+                value: String::new(),
+            })
+            .await?;
+        self.view.converge();
+        info!(
+            window = "processing",
+            current = %current,
+            %previous,
+            "transition converged: processing the current topology only"
+        );
+        Ok(())
+    }
+
+    async fn replicas_pending(&self) -> Result<BTreeSet<u32>, Error> {
+        Ok(self
+            .store
+            .meta(META_REPLICAS_PENDING)
+            .await?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default())
+    }
+
+    async fn set_replicas_pending(&self, pending: &BTreeSet<u32>) -> Result<(), Error> {
+        self.store
+            .apply(Write::SetMeta {
+                key: META_REPLICAS_PENDING.into(),
+                value: serde_json::to_string(pending).unwrap_or_default(),
+            })
+            .await?;
+        self.progress_mut().replicas_pending = pending.iter().copied().collect();
+        Ok(())
+    }
+
+    async fn handoff_round(
+        &self,
+        current: Topology,
+        reports: &[(Ordinal, Result<StatusReport, Error>)],
+    ) -> Result<(), Error> {
+        let me = self.me();
+        // Peers that would refuse a delete (they still process their previous guilds, or cover
+        // this pod) are left for a later round instead of exporting to them over and over.
+        let sources: Vec<Ordinal> = reports
+            .iter()
+            .filter_map(|(o, r)| r.as_ref().ok().map(|s| (*o, s)))
+            .filter(|(_, s)| {
+                s.previous_topology.is_none()
+                    && s.state != "stopping"
+                    && !s.covering.contains(&me)
+                    && s.guilds_held > 0
+            })
+            .map(|(o, _)| o)
+            .collect();
+        let mut holders: BTreeMap<GuildId, BTreeSet<Ordinal>> = BTreeMap::new();
+        for &from in &sources {
+            for guild in self.peers.held(from).await? {
+                if owner(guild, current) == me {
+                    holders.entry(guild).or_default().insert(from);
+                }
+            }
+        }
+        *self
+            .holders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = holders.clone();
+        let mut remaining = holders.values().map(|h| h.len() as u64).sum::<u64>();
+        self.progress_mut().pending_pull = remaining;
+        for (guild, from) in holders {
+            for o in from {
+                let moved = self.pull_one(o, guild).await?;
+                if moved {
+                    remaining = remaining.saturating_sub(1);
+                    let mut p = self.progress_mut();
+                    p.pending_pull = remaining;
+                    p.pulled += 1;
+                }
+            }
+        }
+        self.restore_departed(current, reports).await?;
+        self.progress_mut().last_error = None;
+        Ok(())
+    }
+
+    async fn pull_one(&self, from: Ordinal, guild: GuildId) -> Result<bool, Error> {
+        let _one = self.pulling.lock().await;
+        let pulled = handoff::pull(&self.store, &self.peers, from, guild).await?;
+        if matches!(pulled, Pulled::Moved { .. } | Pulled::Nothing) {
+            let mut holders = self
+                .holders
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(h) = holders.get_mut(&guild) {
+                h.remove(&from);
+                if h.is_empty() {
+                    holders.remove(&guild);
+                }
+            }
+        }
+        Ok(matches!(pulled, Pulled::Moved { .. }))
+    }
+
+    async fn restore_departed(
+        &self,
+        current: Topology,
+        reports: &[(Ordinal, Result<StatusReport, Error>)],
+    ) -> Result<(), Error> {
+        let mut pending = self.replicas_pending().await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for departed in pending.clone() {
+            let reachable = reports.iter().any(|(o, r)| o.0 == departed && r.is_ok());
+            if !reachable {
+                let Some(cfg) = &self.replica else {
+                    return Err(Error::Replica {
+                        ordinal: departed,
+                        why: "it is gone and no Litestream replica is configured \
+                              (LITESTREAM_CONFIG)"
+                            .into(),
+                    });
+                };
+                let restored = replica::restore_and_import(
+                    cfg,
+                    &self.store,
+                    self.me(),
+                    current,
+                    Ordinal(departed),
+                )
+                .await?;
+                if let Restored::Imported(n) = restored {
+                    self.progress_mut().restored += n;
+                }
+            }
+            // A reachable departed pod is drained by the live pull instead.
+            pending.remove(&departed);
+            self.set_replicas_pending(&pending).await?;
+        }
+        Ok(())
+    }
+
+    /// Before answering an interaction for `guild`: if this pod owns it and peers still hold
+    /// copies, pull them first so the answer sees all of the guild's data. Failures are
+    /// recorded and the interaction is answered with what is here.
+    pub async fn ensure_local(&self, guild: GuildId) {
+        if !self.view.owns(guild) {
+            return;
+        }
+        let from: Vec<Ordinal> = self
+            .holders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&guild)
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default();
+        for o in from {
+            if let Err(err) = self.pull_one(o, guild).await {
+                self.fail(&err);
+            }
+        }
+    }
+
+    /// On SIGTERM, before closing the gateway: waits (up to `limit`) until a live peer reports
+    /// covering this pod, so its guilds are never without a processing pod. Returns at once
+    /// when no peer is live.
+    pub async fn await_cover(&self, limit: Duration) {
+        let me = self.me();
+        let wait = async {
+            loop {
+                let reports = self.poll().await;
+                let live: Vec<&StatusReport> = reports
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .filter(|s| s.ready && s.state != "stopping")
+                    .collect();
+                if live.is_empty() || live.iter().any(|s| s.covering.contains(&me)) {
+                    return;
+                }
+                tokio::time::sleep(POLL_EVERY / 2).await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            warn!("no peer reported covering this pod before it stopped");
+        }
+    }
+}
+
+/// Whether every member ordinal is live under `current` and every reachable pod reports it.
+fn converged(
+    current: Topology,
+    me: Ordinal,
+    reports: &[(Ordinal, Result<StatusReport, Error>)],
+) -> bool {
+    let members_live = (0..current.pods.get()).map(Ordinal).all(|o| {
+        o == me
+            || reports.iter().any(|(r, s)| {
+                *r == o
+                    && s.as_ref()
+                        .is_ok_and(|s| s.ready && s.state != "stopping" && s.topology == current)
+            })
+    });
+    let all_agree = reports
+        .iter()
+        .all(|(_, s)| s.as_ref().map_or(true, |s| s.topology == current));
+    members_live && all_agree
+}

@@ -1,0 +1,62 @@
+//! Moving one guild's copy from a peer to this pod: export there → import here (committed) →
+//! delete there. Each step is idempotent, so the move can be cut at any point (kill -9 of
+//! either side) and simply run again: a repeated import merges to the same rows, and the peer
+//! keeps its copy until the delete succeeds.
+
+use tracing::{debug, info};
+
+use crate::ownership::{GuildId, Ordinal};
+use crate::store::{Store, Write};
+
+use super::peers::{Deleted, Peers};
+use super::Error;
+
+/// How far one pull got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pulled {
+    /// The peer held nothing of the guild.
+    Nothing,
+    /// Imported here and deleted on the peer: done.
+    Moved {
+        /// Rows in the peer's export.
+        rows: usize,
+    },
+    /// Imported here; the peer still processes the guild and kept its copy, so the pull is
+    /// repeated later.
+    ImportedOnly,
+}
+
+/// Pulls `guild` from the peer `from` into `store`.
+///
+/// # Errors
+/// [`Error::Peer`] when the peer fails, [`Error::Store`] when the import is not committed; in
+/// both cases nothing was deleted on the peer.
+#[tracing::instrument(skip_all, fields(guild_id = guild.0, from = from.0))]
+pub async fn pull(
+    store: &Store,
+    peers: &Peers,
+    from: Ordinal,
+    guild: GuildId,
+) -> Result<Pulled, Error> {
+    let Some(export) = peers.export(from, guild).await? else {
+        return Ok(Pulled::Nothing);
+    };
+    let rows = export.rows();
+    if rows > 0 {
+        // `apply` returns once the batch holding the import has committed.
+        store.apply(Write::ImportGuild(export)).await?;
+    }
+    match peers.delete(from, guild).await? {
+        Deleted::Yes => {
+            info!(rows, "guild pulled");
+            Ok(Pulled::Moved { rows })
+        }
+        Deleted::Refused => {
+            debug!(
+                rows,
+                "guild imported; the peer still processes it and kept its copy"
+            );
+            Ok(Pulled::ImportedOnly)
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The cluster verdict `guildshard status` prints: from every pod's status report (or why it
+//! could not be read), whether the cluster runs the expected topology with every guild on its
+//! owner.
+
+use std::fmt;
+
+use crate::ownership::{Ordinal, Topology};
+use crate::wire::StatusReport;
+
+/// The one-line verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every member runs the expected topology, no transition, no handoff pending, and every
+    /// non-member pod is empty.
+    Converged,
+    /// Progressing: what is still under way.
+    Transitioning(String),
+    /// Cannot progress without the operator: why.
+    Blocked(String),
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Converged => write!(f, "converged"),
+            Verdict::Transitioning(why) => write!(f, "transitioning: {why}"),
+            Verdict::Blocked(why) => write!(f, "blocked: {why}"),
+        }
+    }
+}
+
+/// Judges the cluster against `expected` from the reports of every probed ordinal.
+pub fn verdict(expected: Topology, reports: &[(Ordinal, Result<StatusReport, String>)]) -> Verdict {
+    let mut blocked = Vec::new();
+    let mut moving = Vec::new();
+    for (o, r) in reports {
+        let member = expected.is_member(*o);
+        match r {
+            Err(why) if member => blocked.push(format!("gateway-{} unreachable ({why})", o.0)),
+            Err(_) => {}
+            Ok(s) => {
+                if s.topology != expected {
+                    moving.push(format!("gateway-{} runs {}", o.0, s.topology));
+                } else if s.previous_topology.is_some() {
+                    moving.push(format!(
+                        "gateway-{} still processes its previous guilds",
+                        o.0
+                    ));
+                }
+                if member && !s.ready {
+                    moving.push(format!("gateway-{} not ready", o.0));
+                }
+                if s.handoff.pending_pull > 0 {
+                    moving.push(format!(
+                        "gateway-{} has {} guilds to pull",
+                        o.0, s.handoff.pending_pull
+                    ));
+                }
+                if !member && s.guilds_held > 0 {
+                    moving.push(format!(
+                        "gateway-{} (draining) still holds {} guilds",
+                        o.0, s.guilds_held
+                    ));
+                }
+                if member && s.handoff_pending > 0 {
+                    moving.push(format!(
+                        "gateway-{} holds {} guilds it does not own",
+                        o.0, s.handoff_pending
+                    ));
+                }
+                if let Some(err) = &s.handoff.last_error {
+                    if !s.handoff.replicas_pending.is_empty() {
+                        blocked.push(format!("gateway-{}: {err}", o.0));
+                    }
+                }
+            }
+        }
+    }
+    if !blocked.is_empty() {
+        Verdict::Blocked(blocked.join("; "))
+    } else if !moving.is_empty() {
+        Verdict::Transitioning(moving.join("; "))
+    } else {
+        Verdict::Converged
+    }
+}
+
+/// The table: one line per reachable or member ordinal.
+pub fn table(reports: &[(Ordinal, Result<StatusReport, String>)]) -> String {
+    let mut out = format!(
+        "{:<10} {:<8} {:<13} {:<10} {:<10} {:>6} {:>6} {:>8} {:>7}  {}\n",
+        "pod",
+        "ready",
+        "state",
+        "topology",
+        "previous",
+        "owned",
+        "held",
+        "pending",
+        "pulled",
+        "last error"
+    );
+    for (o, r) in reports {
+        match r {
+            Ok(s) => out.push_str(&format!(
+                "{:<10} {:<8} {:<13} {:<10} {:<10} {:>6} {:>6} {:>8} {:>7}  {}\n",
+                format!("gateway-{}", o.0),
+                s.ready,
+                s.state,
+                s.topology.to_string(),
+                s.previous_topology.map_or("-".into(), |t| t.to_string()),
+                s.guilds_owned,
+                s.guilds_held,
+                s.handoff_pending + s.handoff.pending_pull,
+                s.handoff.pulled + s.handoff.restored,
+                s.handoff
+                    .last_error
+                    .as_deref()
+                    .or(s.last_error.as_deref())
+                    .unwrap_or("-"),
+            )),
+            Err(why) => out.push_str(&format!(
+                "{:<10} {:<8} {why}\n",
+                format!("gateway-{}", o.0),
+                "down"
+            )),
+        }
+    }
+    out
+}
