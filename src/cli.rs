@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use guildshard::config::{ConfigError, GatewayConfig, HttpConfig};
+use guildshard::config::{ConfigError, DiscordConfig, GatewayConfig, HttpConfig};
 use guildshard::ownership::{owner, GuildId, Strategy, Topology};
 use guildshard::reshard::plan::{generated_snowflakes, Plan};
 
@@ -44,6 +44,8 @@ enum Command {
     /// Show the cluster as the gateway pods report it (reads NUM_GATEWAY_PODS,
     /// SHARD_STRATEGY, GATEWAY_INTERNAL_URL_TEMPLATE, INTERNAL_AUTH_TOKEN).
     Status(StatusArgs),
+    /// Register the bot's commands with Discord (bulk overwrite; idempotent).
+    RegisterCommands,
 }
 
 #[derive(clap::Args, Debug)]
@@ -170,12 +172,18 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd_gateway(config)
         }
         Command::Http => {
-            let _config = match HttpConfig::from_env(std::env::vars()) {
+            let config = match HttpConfig::from_env(std::env::vars()) {
                 Ok(config) => config,
                 Err(err) => return Ok(config_error(&err)),
             };
-            eprintln!("guildshard: the http service is not yet implemented");
-            return Ok(ExitCode::from(EXIT_USAGE));
+            cmd_http(config)
+        }
+        Command::RegisterCommands => {
+            let config = match DiscordConfig::from_env(std::env::vars()) {
+                Ok(config) => config,
+                Err(err) => return Ok(config_error(&err)),
+            };
+            cmd_register_commands(&config)
         }
         Command::Emulator(args) => cmd_emulator(args),
         Command::Dev(args) => cmd_dev(args),
@@ -344,6 +352,52 @@ fn cmd_gateway(config: GatewayConfig) -> anyhow::Result<()> {
             Err(_) => bail!("shutdown took longer than {GATEWAY_GRACE:?}"),
         }
     })
+}
+
+/// How long the HTTP service may take to finish in-flight requests after SIGTERM (each is
+/// bounded by Discord's 3 s deadline).
+const HTTP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn cmd_http(config: HttpConfig) -> anyhow::Result<()> {
+    guildshard::telemetry::init(guildshard::telemetry::LogFormat::Json);
+    // The Deployment's pod name labels the metrics; `http` when run by hand.
+    let pod = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or_else(|| "http".to_owned());
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let state = guildshard::http::AppState::new(&config, &pod).context("http service")?;
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("binding HTTP_BIND_ADDR {}", config.bind))?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "http listening on {}", listener.local_addr()?)?;
+            out.flush()?;
+        }
+        let shutdown = guildshard::shutdown::Shutdown::new();
+        let server = tokio::spawn(guildshard::http::serve(state, listener, shutdown.clone()));
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result.context("http task")?.context("http service"),
+            () = guildshard::shutdown::signal() => {}
+        }
+        shutdown.trigger();
+        match tokio::time::timeout(HTTP_GRACE, &mut server).await {
+            Ok(result) => result.context("http task")?.context("http service"),
+            Err(_) => bail!("shutdown took longer than {HTTP_GRACE:?}"),
+        }
+    })
+}
+
+fn cmd_register_commands(config: &DiscordConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let count = runtime
+        .block_on(guildshard::http::register::register_commands(config))
+        .context("registering commands")?;
+    println!("registered {count} commands");
+    Ok(())
 }
 
 fn cmd_dev(args: DevArgs) -> anyhow::Result<()> {

@@ -184,6 +184,20 @@ pub struct DiscordConfig {
     pub shard_count: Option<u32>,
 }
 
+impl DiscordConfig {
+    /// Reads only the Discord settings (`DISCORD_TOKEN`, `DISCORD_APPLICATION_ID`,
+    /// `DISCORD_API_BASE`, `DISCORD_SHARD_COUNT`), for commands that only talk to Discord.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable that is missing or malformed.
+    pub fn from_env<I>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        discord(&RawEnv::from_pairs(vars)?)
+    }
+}
+
 /// Where a gateway pod's internal API lives, by ordinal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UrlTemplate(String);
@@ -307,8 +321,10 @@ pub struct HttpConfig {
     pub internal_token: Secret,
     /// How to reach a gateway pod by ordinal.
     pub url_template: UrlTemplate,
-    /// Discord connection settings (for follow-ups and command registration).
-    pub discord: DiscordConfig,
+    /// Discord connection settings, when `DISCORD_TOKEN` is set. The service itself never
+    /// calls Discord (the owner pods edit deferred responses), so the bot token need not be
+    /// given to the internet-facing pods.
+    pub discord: Option<DiscordConfig>,
     /// Where the service listens.
     pub bind: SocketAddr,
 }
@@ -328,7 +344,10 @@ impl HttpConfig {
             public_key: public_key(&raw)?,
             internal_token: internal_token(&raw)?,
             url_template: url_template(&raw)?,
-            discord: discord(&raw)?,
+            discord: match raw.discord_token {
+                Some(_) => Some(discord(&raw)?),
+                None => None,
+            },
             bind: bind(ENV_HTTP_BIND_ADDR, &raw.http_bind_addr, DEFAULT_PUBLIC_BIND)?,
         })
     }
@@ -587,7 +606,12 @@ mod tests {
         let key = "11".repeat(32);
         let mut pairs = env(&pairs);
         pairs.push(("DISCORD_PUBLIC_KEY".into(), key));
-        let cfg = HttpConfig::from_env(pairs).expect("valid");
+        let cfg = HttpConfig::from_env(pairs.clone()).expect("valid");
         assert_eq!(cfg.public_key, [0x11; 32]);
+        assert!(cfg.discord.is_some());
+        // The internet-facing service runs without the bot token.
+        pairs.retain(|(k, _)| k != "DISCORD_TOKEN");
+        let cfg = HttpConfig::from_env(pairs).expect("valid without a token");
+        assert!(cfg.discord.is_none());
     }
 }

@@ -55,7 +55,8 @@ pub struct CommandOption {
     /// Discord option type (3 string, 4 integer, 5 boolean, 6 user, 7 channel, 10 number, …).
     #[serde(rename = "type")]
     pub kind: u8,
-    /// The value; for user and channel options the id (number or string).
+    /// The value; for user and channel options the id (number or string); for sub-commands
+    /// (type 1) and groups (type 2) an array of their options.
     pub value: Value,
 }
 
@@ -316,6 +317,34 @@ fn id_of(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| v.as_str()?.parse().ok())
 }
 
+/// Sub-command (1) and group (2) options carry their own options, given as the `value` (an
+/// array of options); Discord sends those as `options`, with no `value`.
+fn nested(o: &CommandOption) -> Option<Vec<CommandOption>> {
+    matches!(o.kind, 1 | 2)
+        .then(|| serde_json::from_value(o.value.clone()).ok())
+        .flatten()
+}
+
+/// One option as Discord sends it: ids as strings, sub-commands with nested options.
+fn option_value(o: &CommandOption) -> Value {
+    if let Some(inner) = nested(o) {
+        return json!({"name": o.name, "type": o.kind, "options": inner.iter().map(option_value).collect::<Vec<_>>()});
+    }
+    let value = match o.kind {
+        6..=9 => json!(id_of(&o.value).map_or_else(|| o.value.to_string(), |v| v.to_string())),
+        _ => o.value.clone(),
+    };
+    json!({"name": o.name, "type": o.kind, "value": value})
+}
+
+/// Every option that holds a value, sub-commands flattened, for `resolved`.
+fn leaf_options(options: &[CommandOption]) -> Vec<CommandOption> {
+    options
+        .iter()
+        .flat_map(|o| nested(o).map_or_else(|| vec![o.clone()], |inner| leaf_options(&inner)))
+        .collect()
+}
+
 /// Builds and stores the APPLICATION_COMMAND interaction for `cmd`.
 fn build_command(st: &mut State, cmd: &RunCommand) -> Result<(u64, Value), Error> {
     let user = st
@@ -370,21 +399,8 @@ fn build_command(st: &mut State, cmd: &RunCommand) -> Result<(u64, Value), Error
     }
     let mut resolved = json!({});
     if !cmd.options.is_empty() {
-        data["options"] =
-            json!(cmd
-                .options
-                .iter()
-                .map(|o| {
-                    let value =
-                        match o.kind {
-                            6..=9 => json!(id_of(&o.value)
-                                .map_or_else(|| o.value.to_string(), |v| v.to_string())),
-                            _ => o.value.clone(),
-                        };
-                    json!({"name": o.name, "type": o.kind, "value": value})
-                })
-                .collect::<Vec<_>>());
-        for o in &cmd.options {
+        data["options"] = json!(cmd.options.iter().map(option_value).collect::<Vec<_>>());
+        for o in &leaf_options(&cmd.options) {
             let Some(target) = id_of(&o.value) else {
                 continue;
             };
