@@ -124,6 +124,12 @@ struct DevArgs {
     /// Stop by itself after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
+    /// Rescale live to this many pods, following the runbook, while traffic flows.
+    #[arg(long)]
+    scale_to: Option<u32>,
+    /// Seconds after start at which --scale-to happens.
+    #[arg(long, default_value_t = 20)]
+    after: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -415,6 +421,8 @@ fn cmd_dev(args: DevArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         http: !args.no_http,
         duration: args.duration.map(std::time::Duration::from_secs),
+        scale_to: args.scale_to,
+        scale_after: std::time::Duration::from_secs(args.after),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {

@@ -290,8 +290,15 @@ impl GatewayConfig {
                     ))
                 }
             },
-            litestream_config: raw.litestream_config.as_deref().map(|v| PathBuf::from(v.trim())),
-            litestream_bin: PathBuf::from(raw.litestream_bin.as_deref().map_or("litestream", str::trim)),
+            litestream_config: raw
+                .litestream_config
+                .as_deref()
+                .map(|v| PathBuf::from(v.trim())),
+            litestream_bin: PathBuf::from(
+                raw.litestream_bin
+                    .as_deref()
+                    .map_or("litestream", str::trim),
+            ),
             command_delay: std::time::Duration::from_millis(
                 raw.fault_command_delay_ms
                     .as_deref()

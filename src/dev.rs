@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::emulator::{EmulatorConfig, TrafficRequest};
+use crate::emulator::{CommandKind, CommandOption, EmulatorConfig, RunCommand, TrafficRequest};
 use crate::local_cluster::{ClusterConfig, LocalCluster};
 use crate::ownership::Strategy;
 use crate::shutdown::Shutdown;
@@ -34,6 +34,10 @@ pub struct DevOptions {
     pub http: bool,
     /// Stop by itself after this long (for demos and smoke tests); `None` runs until Ctrl-C.
     pub duration: Option<Duration>,
+    /// Rescale live to this many pods (following the runbook) after `scale_after`.
+    pub scale_to: Option<u32>,
+    /// When to rescale.
+    pub scale_after: Duration,
 }
 
 /// Why `dev` failed.
@@ -97,15 +101,32 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
         })?;
     }
     let started = Instant::now();
+    let mut cluster = cluster;
     let mut previous: HashMap<u32, (u64, Instant)> = HashMap::new();
+    let mut last_command = String::from("none yet");
+    let mut scale_to = opts.scale_to;
+    let mut tick: u64 = 0;
     let stop = shutdown.cancelled();
     tokio::pin!(stop);
     loop {
+        tick += 1;
+        if let Some(to) = scale_to.filter(|_| started.elapsed() >= opts.scale_after) {
+            scale_to = None;
+            println!("rescaling {} -> {to} pods (new ordinals first, env change rolls highest ordinal first, removed ordinals stop once drained)", cluster.num_gateway_pods());
+            match cluster.rescale(to, Duration::from_secs(300)).await {
+                Ok(()) => println!("rescaled to {to} pods: converged"),
+                Err(err) => println!("rescale did not finish: {err}"),
+            }
+        }
+        if opts.http && tick % 3 == 0 {
+            last_command = simulated_command(&cluster, tick).await;
+        }
         let mut reports = Vec::new();
         for ordinal in cluster.running() {
             reports.push((ordinal, cluster.status(ordinal).await.ok()));
         }
         draw(&reports, &mut previous, &cluster, started.elapsed());
+        println!("last simulated command: {last_command}");
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
@@ -119,6 +140,61 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
     cluster.shutdown().await;
     println!("stopped cleanly");
     Ok(())
+}
+
+/// A simulated member runs a command in a guild, through the HTTP service and the owner pod,
+/// exactly as Discord would deliver it; returns a one-line summary of what the user saw.
+async fn simulated_command(cluster: &LocalCluster, tick: u64) -> String {
+    let guilds = cluster.emulator().guilds();
+    if guilds.is_empty() {
+        return "no guilds".into();
+    }
+    let guild = &guilds[(tick as usize / 3) % guilds.len()];
+    let (Some(&user), Some(&channel)) = (guild.members.first(), guild.channels.first()) else {
+        return "guild without members".into();
+    };
+    let name = if tick % 2 == 0 {
+        "leaderboard"
+    } else {
+        "stats"
+    };
+    let options = if name == "stats" {
+        vec![CommandOption {
+            name: "user".into(),
+            kind: 1,
+            value: serde_json::json!([]),
+        }]
+    } else {
+        Vec::new()
+    };
+    let run = RunCommand {
+        name: name.into(),
+        kind: CommandKind::ChatInput,
+        guild_id: Some(guild.id),
+        channel_id: Some(channel),
+        user_id: user,
+        options,
+        target_id: None,
+    };
+    match cluster.emulator().run_command(run).await {
+        Ok(record) => {
+            let seen = record
+                .original
+                .as_ref()
+                .or(record.initial_response.as_ref().map(|r| &r["data"]))
+                .and_then(|d| d["content"].as_str())
+                .unwrap_or("(no content)")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            format!(
+                "/{name} in guild {} → {:?}: {seen}",
+                guild.id, record.outcome
+            )
+        }
+        Err(err) => format!("/{name} failed: {err}"),
+    }
 }
 
 fn draw(

@@ -38,6 +38,7 @@ async fn run_traffic(cluster: &guildshard::local_cluster::LocalCluster, count: u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_record_exactly_their_own_guilds_and_answer_dms_once() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let cluster = cluster::start(dir.path(), 3, 200, &[]).await;
     run_traffic(&cluster, 3000, 1500.0).await;
 
@@ -120,6 +121,7 @@ async fn two_pods_owning_the_same_guilds_merge_without_double_counting() {
     // A rollout overlap: the old and the new pod of one ordinal both run for a while, each
     // recording into its own database; the handoff then merges one export into the other.
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let mut cluster = cluster::start(dir.path(), 1, 30, &[]).await;
     let second_db = dir.path().join("overlap").join("bot.db");
     cluster
@@ -194,6 +196,7 @@ async fn futures_rows(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_loses_nothing_committed() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let mut cluster = cluster::start(dir.path(), 1, 40, &[]).await;
     let emulator = cluster.emulator().clone();
     emulator
@@ -234,6 +237,7 @@ async fn kill_nine_loses_nothing_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let mut cluster = cluster::start(dir.path(), 1, 20, &[]).await;
     run_traffic(&cluster, 500, 1000.0).await;
     let expected = expected_messages(&cluster.emulator().traffic_log());
@@ -255,6 +259,7 @@ async fn sigterm_flushes_and_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_api_rejects_bad_input() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let cluster = cluster::start(dir.path(), 2, 20, &[]).await;
     let client = reqwest::Client::new();
     let base = |o: u32| cluster.url_template().replace("{ordinal}", &o.to_string());
@@ -339,6 +344,7 @@ async fn internal_api_rejects_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_delivered_twice_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let cluster = cluster::start(dir.path(), 1, 25, &[]).await;
     run_traffic(&cluster, 600, 1200.0).await;
     let expected = expected_messages(&cluster.emulator().traffic_log());

@@ -440,6 +440,7 @@ async fn http_post(cluster: &LocalCluster, body: &[u8], headers: &[(&str, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_end_to_end_and_forgeries_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let cluster = cluster::start_with(dir.path(), 2, 12, Strategy::Md5, &[], true).await;
     let emu = cluster.emulator();
     // A guild owned by ordinal 1, so routing (not a default to 0) is what gets it there.
@@ -710,6 +711,7 @@ async fn every_command_end_to_end_and_forgeries_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_down_is_answered_politely_and_a_slow_owner_defers_then_edits_once() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let mut cluster = cluster::start_with(dir.path(), 2, 12, Strategy::Md5, &[], true).await;
     let w = world(cluster.emulator(), 2, 1);
 

@@ -80,6 +80,7 @@ fn placement(
 /// Runs `from` pods, rescales to `to` with traffic flowing, and checks the final placement.
 async fn rescale_under_traffic(strategy: Strategy, from: u32, to: u32, seed: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let mut cluster = cluster::start_with(dir.path(), from, 60, strategy, &[], false).await;
     start_traffic(&cluster, seed);
     eventually("traffic before the change", || async {
@@ -165,6 +166,7 @@ fn jump_moves_at_most_one_over_n_plus_one_per_added_pod() {
 async fn a_new_owner_killed_mid_handoff_converges_to_the_same_final_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Many guilds with data, so the handoff takes long enough to interrupt.
+    let _serial = cluster::serial().await;
     let mut cluster = cluster::start_with(dir.path(), 2, 300, Strategy::Md5, &[], false).await;
     let emulator = cluster.emulator().clone();
     emulator
@@ -218,6 +220,7 @@ async fn a_new_owner_killed_mid_handoff_converges_to_the_same_final_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_command_prints_the_table_and_waits_for_convergence() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
     let cluster = cluster::start(dir.path(), 2, 20, &[]).await;
     let template = cluster.url_template();
     let env = [

@@ -7,6 +7,14 @@ use guildshard::emulator::EmulatorConfig;
 use guildshard::local_cluster::{ClusterConfig, LocalCluster};
 use guildshard::ownership::Strategy;
 
+/// Tests that start a cluster take this first: each runs several processes, and on a 2-core
+/// machine two clusters at once starve each other's heartbeats and make timing-dependent
+/// failures out of plain slowness.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 /// A cluster of `pods` pods over `guilds` guilds, with fast heartbeats and no identify
 /// throttling (every pod identifies the same shard; Discord's 5 s bucket would only slow tests).
 pub async fn start(dir: &Path, pods: u32, guilds: usize, pod_env: &[(&str, &str)]) -> LocalCluster {

@@ -8,7 +8,7 @@ pub fn patience() -> Duration {
     let secs = std::env::var("GUILDSHARD_TEST_PATIENCE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(90);
     Duration::from_secs(secs)
 }
 
