@@ -15,10 +15,12 @@
 //! - L3 [`gateway`] (a gateway pod: serenity, ownership filter, features, internal API) and
 //!   [`http`] (the stateless interactions and API service).
 //! - L4 [`local_cluster`] (the emulator plus N pods as processes with StatefulSet semantics).
+//! - L5 [`bench`] (`guildshard bench <scenario>`: measured speed and memory of the above).
 //!
 //! `http` never imports `store`; `emulator` never imports `gateway` or `http`
 //! (`tests/architecture.rs` checks this).
 
+pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod emulator;
