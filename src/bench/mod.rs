@@ -6,8 +6,9 @@
 //!
 //! One file per scenario: [`ownership`] (the hash), [`store`] (the writer and guild export and
 //! import), [`ingest`] (a real gateway pod fed by the emulator), [`memory`] (a pod's RSS against
-//! the guilds it owns), and [`pending`] (scenarios that need parts not built yet).
+//! the guilds it owns), [`failover`] (kill -9 to handling again), and [`pending`] (scenarios that need parts not built yet).
 
+pub mod failover;
 pub mod ingest;
 pub mod memory;
 pub mod ownership;
@@ -177,7 +178,7 @@ pub async fn run(scenario: Scenario, options: &Options) -> Result<Report, Error>
         Scenario::Memory => memory::run(options).await?,
         Scenario::Interactions => pending::interactions(),
         Scenario::Rescale => pending::rescale(),
-        Scenario::Failover => pending::failover(),
+        Scenario::Failover => failover::run(options).await?,
     };
     Ok(Report {
         scenario,

@@ -25,13 +25,3 @@ pub(crate) fn rescale() -> Vec<Row> {
              prints how many guilds would move",
     )]
 }
-
-/// `failover`: needs a pod that restores from its Litestream replica and `guildshard status`.
-pub(crate) fn failover() -> Vec<Row> {
-    vec![Row::new(
-        "failover: kill -9 → handling again; restore 100 MB; replication lag p50/p99",
-        "not measured",
-        "not yet measurable because the replica restore path of resharding and \
-         `guildshard status` are not built, and this machine has no object store running",
-    )]
-}
