@@ -83,13 +83,25 @@ fn memory_reports_rss_and_owned_guilds() {
 
 #[test]
 fn scenarios_not_yet_measurable_say_why() {
-    for scenario in ["interactions", "rescale", "failover"] {
+    for scenario in ["interactions", "rescale"] {
         let out = quick(scenario);
         assert!(
             out.contains("not yet measurable because"),
             "{scenario}: {out}"
         );
     }
+}
+
+#[test]
+fn failover_restarts_a_killed_pod_and_times_it() {
+    let out = quick("failover");
+    let found = rows(&out, "kill -9");
+    assert_eq!(found.len(), 1, "{out}");
+    assert!(found[0].contains(" ms |"), "{out}");
+    assert!(
+        out.contains("not yet measured"),
+        "the replica row says why\n{out}"
+    );
 }
 
 #[test]

@@ -43,8 +43,8 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
             "kill -9 → restarted pod handles an event (200 events/s traffic)",
             ms(median(&samples)),
             format!(
-                "process start + migrations + gateway identify + first event; excludes \
-                 Kubernetes' restart delay; {}",
+                "process start + migrations + gateway identify + first event handled (of any kind: \
+                 READY and GUILD_CREATE come first); excludes Kubernetes' restart delay; {}",
                 spread(&samples, ms)
             ),
         ),
