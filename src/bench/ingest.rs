@@ -135,9 +135,11 @@ async fn measure_pod(
         let sent = median(&samples.iter().map(|s| s.sent).collect::<Vec<_>>());
         let seen = median(&samples.iter().map(|s| s.seen).collect::<Vec<_>>());
         let handled = median(&samples.iter().map(|s| s.handled).collect::<Vec<_>>());
+        let owned = median(&samples.iter().map(|s| s.owned).collect::<Vec<_>>());
         let cpu = median(&samples.iter().map(|s| s.cpu_ms_per_1k).collect::<Vec<_>>());
         let generator_cpu = median(&samples.iter().map(|s| s.emulator_cpu).collect::<Vec<_>>());
-        let kept_up = seen >= KEPT_UP * sent;
+        // Keeping up means taking frames in AND recording what passed the filter.
+        let kept_up = seen >= KEPT_UP * sent && handled >= KEPT_UP * owned;
         let generated = sent >= GENERATED * rate;
         if kept_up {
             peak = Some(peak.map_or(handled, |p: f64| p.max(handled)));
@@ -169,6 +171,7 @@ async fn measure_pod(
 struct Step {
     sent: f64,
     seen: f64,
+    owned: f64,
     handled: f64,
     cpu_ms_per_1k: f64,
     emulator_cpu: f64,
@@ -227,6 +230,7 @@ async fn step(
     Ok(Step {
         sent: dispatched as f64 / elapsed,
         seen: after.events_seen.saturating_sub(before.events_seen) as f64 / elapsed,
+        owned: after.events_owned.saturating_sub(before.events_owned) as f64 / elapsed,
         handled: after.events_handled.saturating_sub(before.events_handled) as f64 / elapsed,
         cpu_ms_per_1k: cpu * 1000.0 * 1000.0 / seen_total as f64,
         emulator_cpu: (self_after - self_before) / elapsed,
