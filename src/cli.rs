@@ -46,6 +46,27 @@ enum Command {
     Status(StatusArgs),
     /// Register the bot's commands with Discord (bulk overwrite; idempotent).
     RegisterCommands,
+    /// Measure a part of the system and print its figures as a Markdown table.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    scenario: guildshard::bench::Scenario,
+    /// Repetitions per figure (figures are medians); default depends on the scenario.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Minimal sizes: checks that the scenario runs; its figures mean nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Total guild counts for `memory`, comma-separated (default 1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    guilds: Vec<usize>,
+    /// Scratch directory (default: the system temp dir); removed afterwards.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -194,6 +215,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emulator(args) => cmd_emulator(args),
         Command::Dev(args) => cmd_dev(args),
         Command::Status(args) => return cmd_status(args),
+        Command::Bench(args) => cmd_bench(args),
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -319,6 +341,39 @@ fn cmd_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
         shutdown.drain(std::time::Duration::from_secs(5)).await;
         Ok(())
     })
+}
+
+fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
+    use guildshard::bench::{self, Options, Scenario};
+    if args.runs == Some(0) {
+        bail!(UsageError("--runs: must be at least 1".into()));
+    }
+    // Logs go to stderr; the table on stdout is the output.
+    guildshard::telemetry::init(guildshard::telemetry::LogFormat::Text);
+    let default_runs = match args.scenario {
+        Scenario::Ownership => 11,
+        Scenario::Store => 5,
+        _ => 3,
+    };
+    let options = Options {
+        runs: if args.quick {
+            1
+        } else {
+            args.runs.unwrap_or(default_runs)
+        },
+        quick: args.quick,
+        binary: std::env::current_exe().context("locating the guildshard binary for the pods")?,
+        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+        guilds: args.guilds,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let report = runtime
+        .block_on(bench::run(args.scenario, &options))
+        .with_context(|| format!("bench {}", args.scenario.name()))?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{report}")?;
+    out.flush()?;
+    Ok(())
 }
 
 /// How long a gateway pod may take to drain after SIGTERM before it gives up waiting (the

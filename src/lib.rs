@@ -16,10 +16,12 @@
 //!   [`http`] (the stateless interactions and API service).
 //! - L4 [`local_cluster`] (the emulator plus N pods as processes with StatefulSet semantics)
 //!   and [`dev`] (the `guildshard dev` live view).
+//! - L5 [`bench`] (`guildshard bench <scenario>`: measured speed and memory of the above).
 //!
 //! `http` never imports `store`; `emulator` never imports `gateway` or `http`
 //! (`tests/architecture.rs` checks this).
 
+pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod dev;

@@ -115,6 +115,11 @@ impl ChildProcess {
         &self.log
     }
 
+    /// Its process id, while it runs (benchmarks read its CPU time and RSS from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     fn signal(&self, signal: &str) {
         if let Some(pid) = self.child.id() {
             // The `kill` command keeps `unsafe` (libc::kill) out of the crate.

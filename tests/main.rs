@@ -4,6 +4,7 @@
 mod support;
 
 mod architecture;
+mod bench;
 mod cli;
 mod cluster;
 mod emulator;
