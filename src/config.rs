@@ -94,6 +94,16 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether an `Authorization` header value is `Bearer <this secret>`. The comparison has no
+    /// early exit, so the time it takes does not reveal how much of a guess matched.
+    pub fn is_bearer(&self, authorization: Option<&str>) -> bool {
+        let Some(presented) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let (a, b) = (presented.as_bytes(), self.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -590,6 +600,21 @@ mod tests {
             let err = gateway_with(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, *var, "{var}={value}: {err}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn bearer_check_accepts_only_the_exact_token() {
+        let secret = Secret::new("s3cret-token");
+        assert!(secret.is_bearer(Some("Bearer s3cret-token")));
+        for bad in [
+            None,
+            Some("s3cret-token"),
+            Some("Bearer s3cret-tokeN"),
+            Some("Bearer s3cret"),
+            Some("bearer s3cret-token"),
+        ] {
+            assert!(!secret.is_bearer(bad), "{bad:?}");
         }
     }
 

@@ -113,3 +113,37 @@ fn gateway_with_a_bad_env_var_exits_with_one_line_naming_it() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("NUM_GATEWAY_PODS"), "{err}");
 }
+
+/// The README's main command: the whole local cluster starts, handles traffic, answers a
+/// simulated command through the HTTP service, and stops cleanly by itself.
+#[test]
+fn dev_runs_the_local_cluster_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("dev");
+    let path = std::env::var("PATH").unwrap_or_default();
+    let out = run_cli(
+        &[
+            "dev",
+            "--pods",
+            "2",
+            "--guilds",
+            "20",
+            "--rate",
+            "40",
+            "--duration",
+            "8",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ],
+        &[("PATH", path.as_str())],
+        None,
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("gateway-0") && text.contains("gateway-1"),
+        "{text}"
+    );
+    assert!(text.contains("stopped cleanly"), "{text}");
+    assert!(data.join("data/gateway-1/bot.db").exists());
+}

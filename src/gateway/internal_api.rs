@@ -120,25 +120,15 @@ async fn require_bearer(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = request
+    let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.token.expose().as_bytes()) => {
-            Ok(next.run(request).await)
-        }
-        _ => Err(ApiError::Unauthorized),
+        .and_then(|v| v.to_str().ok());
+    if state.token.is_bearer(authorization) {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized)
     }
-}
-
-/// Compares without an early exit, so the time taken does not reveal a matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn parse_guild(id: &str) -> Result<GuildId, ApiError> {

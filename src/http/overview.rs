@@ -82,24 +82,15 @@ pub async fn require_bearer(
     request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    let presented = request
+    let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token)
-            if constant_time_eq(token.as_bytes(), state.inner.token.expose().as_bytes()) =>
-        {
-            Ok(next.run(request).await)
-        }
-        _ => Err(AppError::Unauthorized("missing or invalid bearer token")),
+        .and_then(|v| v.to_str().ok());
+    if state.inner.token.is_bearer(authorization) {
+        Ok(next.run(request).await)
+    } else {
+        Err(AppError::Unauthorized("missing or invalid bearer token"))
     }
-}
-
-/// Compares without an early exit, so timing does not reveal a matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `GET /api/v1/overview`.
