@@ -64,20 +64,9 @@ impl Peers {
     /// [`Error::Peer`] when the peer is unreachable or answers anything but its report.
     pub async fn status(&self, ordinal: Ordinal) -> Result<StatusReport, Error> {
         let resp = self
-            .client
-            .get(self.url(ordinal, "/internal/v1/status"))
-            .bearer_auth(self.token.expose())
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| Self::err(ordinal, e))?;
-        if !resp.status().is_success() {
-            return Err(Self::err(
-                ordinal,
-                format!("status answered {}", resp.status()),
-            ));
-        }
-        resp.json().await.map_err(|e| Self::err(ordinal, e))
+            .send(ordinal, "/internal/v1/status", REQUEST_TIMEOUT)
+            .await?;
+        Self::ok_json(ordinal, "status", resp).await
     }
 
     /// `GET /internal/v1/guilds`: the guilds the peer holds rows for.
@@ -86,20 +75,9 @@ impl Peers {
     /// [`Error::Peer`] as for [`Peers::status`].
     pub async fn held(&self, ordinal: Ordinal) -> Result<Vec<GuildId>, Error> {
         let resp = self
-            .client
-            .get(self.url(ordinal, "/internal/v1/guilds"))
-            .bearer_auth(self.token.expose())
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| Self::err(ordinal, e))?;
-        if !resp.status().is_success() {
-            return Err(Self::err(
-                ordinal,
-                format!("guilds answered {}", resp.status()),
-            ));
-        }
-        let held: HeldGuilds = resp.json().await.map_err(|e| Self::err(ordinal, e))?;
+            .send(ordinal, "/internal/v1/guilds", REQUEST_TIMEOUT)
+            .await?;
+        let held: HeldGuilds = Self::ok_json(ordinal, "guilds", resp).await?;
         Ok(held.guild_ids)
     }
 
@@ -112,23 +90,13 @@ impl Peers {
         ordinal: Ordinal,
         guild: GuildId,
     ) -> Result<Option<GuildExport>, Error> {
-        let resp = self
-            .client
-            .get(self.url(ordinal, &format!("/internal/v1/guilds/{guild}/export")))
-            .bearer_auth(self.token.expose())
-            .timeout(EXPORT_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| Self::err(ordinal, e))?;
-        match resp.status() {
+        let path = format!("/internal/v1/guilds/{guild}/export");
+        let resp = self.send(ordinal, &path, EXPORT_TIMEOUT).await?;
+        if matches!(resp.status(), StatusCode::CONFLICT | StatusCode::NOT_FOUND) {
             // Neither held nor processed there: nothing to pull.
-            StatusCode::CONFLICT | StatusCode::NOT_FOUND => return Ok(None),
-            s if !s.is_success() => {
-                return Err(Self::err(ordinal, format!("export answered {s}")));
-            }
-            _ => {}
+            return Ok(None);
         }
-        let export: GuildExport = resp.json().await.map_err(|e| Self::err(ordinal, e))?;
+        let export: GuildExport = Self::ok_json(ordinal, "export", resp).await?;
         if export.guild_id != guild {
             return Err(Self::err(
                 ordinal,
@@ -156,5 +124,36 @@ impl Peers {
             StatusCode::BAD_REQUEST | StatusCode::CONFLICT => Ok(Deleted::Refused),
             s => Err(Self::err(ordinal, format!("delete answered {s}"))),
         }
+    }
+
+    /// An authenticated GET of one of the peer's internal API paths.
+    async fn send(
+        &self,
+        ordinal: Ordinal,
+        path: &str,
+        timeout: std::time::Duration,
+    ) -> Result<reqwest::Response, Error> {
+        self.client
+            .get(self.url(ordinal, path))
+            .bearer_auth(self.token.expose())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| Self::err(ordinal, e))
+    }
+
+    /// The JSON body of a successful answer; any other status is the peer's error.
+    async fn ok_json<T: serde::de::DeserializeOwned>(
+        ordinal: Ordinal,
+        what: &str,
+        resp: reqwest::Response,
+    ) -> Result<T, Error> {
+        if !resp.status().is_success() {
+            return Err(Self::err(
+                ordinal,
+                format!("{what} answered {}", resp.status()),
+            ));
+        }
+        resp.json().await.map_err(|e| Self::err(ordinal, e))
     }
 }
