@@ -14,7 +14,8 @@
 //! - L2 [`reshard`] (topology transitions and guild handoff).
 //! - L3 [`gateway`] (a gateway pod: serenity, ownership filter, features, internal API) and
 //!   [`http`] (the stateless interactions and API service).
-//! - L4 [`local_cluster`] (the emulator plus N pods as processes with StatefulSet semantics)
+//! - L4 [`local_cluster`] (the emulator plus N pods as processes with StatefulSet semantics,
+//!   optionally with object storage and a Litestream sidecar per pod)
 //!   and [`dev`] (the `guildshard dev` live view).
 //! - L5 [`bench`] (`guildshard bench <scenario>`: measured speed and memory of the above).
 //!

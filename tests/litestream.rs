@@ -1,91 +1,27 @@
-//! Litestream with the real binary and a real S3 server (SeaweedFS) on 127.0.0.1: the
-//! entrypoint's refusals, restore after a lost volume, first boot, per-ordinal paths, and an
-//! object-storage outage. The database is written with the app's pragmas (DESIGN §4).
+//! Litestream with the real binary and a real S3 server (SeaweedFS) on 127.0.0.1. First the
+//! files the pods mount on their own: the entrypoint's refusals and a first boot. Then running
+//! gateway pods with Litestream beside them as the StatefulSet runs it (restore init container,
+//! native sidecar): a lost volume is restored, two ordinals keep to their own replica paths,
+//! and an object-storage outage neither stops the bot nor loses the replica.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rusqlite::Connection;
+use guildshard::emulator::TrafficRequest;
+use guildshard::local_cluster::{LocalCluster, Replication};
+use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 
-use crate::support::objstore::{run_bounded, show, tools, Litestream, ObjectStore};
+use crate::support::cluster::{self, activity, logs, REPLICATION_INTERVAL};
+use crate::support::eventually::{eventually, patience};
+use crate::support::objstore::{run_bounded, show, start_object_store, tools, Litestream};
 
 const RESTORE_LIMIT: Duration = Duration::from_secs(60);
 
-/// Opens (creating) a database the way the app does: WAL, synchronous=NORMAL, busy_timeout,
-/// foreign keys; and no checkpoint or VACUUM of its own.
-fn open_app_db(path: &Path) -> Connection {
-    std::fs::create_dir_all(path.parent().expect("db has a parent")).expect("db dir");
-    let conn = Connection::open(path).expect("open db");
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .expect("wal");
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .expect("synchronous");
-    conn.pragma_update(None, "busy_timeout", 5000)
-        .expect("busy_timeout");
-    conn.pragma_update(None, "foreign_keys", true)
-        .expect("foreign_keys");
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS messages (
-             guild_id INTEGER NOT NULL,
-             message_id INTEGER PRIMARY KEY,
-             body TEXT NOT NULL
-         );",
-    )
-    .expect("schema");
-    conn
-}
-
-/// Inserts `ids` in one transaction (as the app's group commit does).
-fn insert(conn: &mut Connection, guild: i64, ids: std::ops::Range<i64>) {
-    let tx = conn.transaction().expect("begin");
-    for id in ids {
-        tx.execute(
-            "INSERT INTO messages (guild_id, message_id, body) VALUES (?1, ?2, ?3)
-             ON CONFLICT (message_id) DO NOTHING",
-            (guild, id, format!("message {id} in guild {guild}")),
-        )
-        .expect("insert");
-    }
-    tx.commit().expect("commit");
-}
-
-/// (row count, sum of ids) of a database file.
-fn fingerprint(path: &Path) -> (i64, i64) {
-    let conn = Connection::open(path).expect("open restored db");
-    conn.query_row(
-        "SELECT count(*), coalesce(sum(message_id), 0) FROM messages",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .expect("fingerprint")
-}
-
-fn integrity(path: &Path) -> String {
-    let conn = Connection::open(path).expect("open restored db");
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check")
-}
-
-/// Waits (bounded) until a restore of the replica, taken into a scratch file, shows `want`.
-fn wait_until_replicated(ls: &Litestream, scratch: &Path, want: (i64, i64), what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let out = scratch.join(format!("peek-{attempt}.db"));
-        let res = ls.restore_to(&out, RESTORE_LIMIT);
-        if res.status.success() && fingerprint(&out) == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica did not catch up within 60 s ({what}); last restore: {}",
-            show(&res)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// A row committed this long before a loss must be in the replica: thirty replication
+/// intervals, so a loaded machine does not turn Litestream's normal lag into a failure.
+const SYNCED_AFTER: Duration = REPLICATION_INTERVAL.saturating_mul(30);
 
 /// Runs `sh litestream/entrypoint.sh <args>` with exactly `env` (plus PATH, and
 /// LITESTREAM_BIN pointing at the real binary).
@@ -169,8 +105,8 @@ fn entrypoint_refuses_unset_ordinal_bucket_or_endpoint() {
 
 #[test]
 fn first_boot_without_a_replica_starts_empty() {
-    let store = ObjectStore::start();
     let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_object_store(&dir.path().join("s3"));
     let ls = Litestream::new(&store, &dir.path().join("data/bot.db"), 0);
 
     // Exactly as the init container runs it, through the entrypoint, with AWS_CA_BUNDLE set
@@ -207,7 +143,7 @@ fn first_boot_without_a_replica_starts_empty() {
         show(&strict)
     );
     assert!(
-        store.list("").is_empty(),
+        store.list("").expect("list").is_empty(),
         "nothing was written: {:?}",
         store.list("")
     );
@@ -223,163 +159,253 @@ fn first_boot_without_a_replica_starts_empty() {
     assert!(err.contains("SignatureDoesNotMatch"), "{err}");
 }
 
-#[test]
-fn a_deleted_database_is_restored_from_its_replica() {
-    let store = ObjectStore::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("data/bot.db");
-    let ls = Litestream::new(&store, &db, 0);
-    let scratch = dir.path().join("scratch");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-
-    // The init container on first boot: nothing to restore.
-    assert!(ls.restore(RESTORE_LIMIT).status.success());
-    let mut conn = open_app_db(&db);
-    insert(&mut conn, 1, 1..200);
-
-    // Phase 1: the sidecar runs and has synced, the app writes more, and the pod stops
-    // (SIGTERM): the shutdown sync must carry even the transaction committed just before.
-    // (Litestream 0.5.17 does not sync at shutdown before its first sync, so wait for that.)
-    let mut sidecar = ls.replicate();
-    wait_until_replicated(&ls, &scratch, fingerprint(&db), "the first sync");
-    for batch in 0..5 {
-        insert(&mut conn, 1, 1000 + batch * 100..1000 + batch * 100 + 100);
-    }
-    insert(&mut conn, 2, 5000..5001); // committed right before SIGTERM
-    let want = fingerprint(&db);
-    drop(conn);
-    sidecar.stop();
-    assert!(
-        sidecar.log().contains("litestream shut down"),
-        "{}",
-        sidecar.log()
-    );
-
-    ls.wipe_db();
-    let out = ls.restore(RESTORE_LIMIT);
-    assert!(out.status.success(), "restore: {}", show(&out));
-    assert_eq!(fingerprint(&db), want, "rows after restore");
-    assert_eq!(integrity(&db), "ok");
-
-    // Phase 2: the restored database keeps replicating; then the pod dies without a final
-    // sync (kill -9) and its volume is lost: every row the replica had taken is back.
-    let mut conn = open_app_db(&db);
-    let mut sidecar = ls.replicate();
-    insert(&mut conn, 3, 10_000..10_300);
-    let want = fingerprint(&db);
-    wait_until_replicated(&ls, &scratch, want, "after the restore");
-    sidecar.kill9();
-    drop(conn);
-    ls.wipe_db();
-    let out = ls.restore(RESTORE_LIMIT);
-    assert!(out.status.success(), "restore: {}", show(&out));
-    assert_eq!(fingerprint(&db), want, "rows after the second restore");
-    assert_eq!(integrity(&db), "ok");
-
-    // The restored database is the app's again: WAL mode, writable.
-    let mut conn = open_app_db(&db);
-    insert(&mut conn, 3, 20_000..20_001);
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .expect("journal_mode");
-    assert_eq!(mode, "wal");
-
-    // And with the database present, -if-db-not-exists leaves it alone.
-    drop(conn);
-    let before = fingerprint(&db);
-    assert!(ls.restore(RESTORE_LIMIT).status.success());
-    assert_eq!(fingerprint(&db), before);
+/// `PRAGMA integrity_check` of a database (read-only, while its pod may be writing).
+fn integrity(db: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open database");
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check")
 }
 
-#[test]
-fn two_ordinals_replicate_to_their_own_paths() {
-    let store = ObjectStore::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pods: Vec<Litestream> = (0..2)
-        .map(|k| Litestream::new(&store, &dir.path().join(format!("pod-{k}/bot.db")), k))
-        .collect();
-    for (k, ls) in pods.iter().enumerate() {
-        let mut conn = open_app_db(ls.db());
-        let base = 100_000 * (k as i64 + 1);
-        insert(&mut conn, k as i64, base..base + 10 * (k as i64 + 1));
-        drop(conn);
-        ls.replicate_once();
+/// Counted messages in the latest state of `ordinal`'s replica, restored into a scratch file.
+async fn replica_rows(
+    cluster: &LocalCluster,
+    ordinal: u32,
+    scratch: &Path,
+) -> BTreeSet<(u64, u64)> {
+    let replication = cluster.replication().expect("replication is on");
+    std::fs::create_dir_all(scratch).expect("scratch dir");
+    let out = scratch.join(format!("copy-{}.db", rand_suffix()));
+    let found = replication
+        .restore_copy(ordinal, &cluster.db_path(ordinal), &out)
+        .await
+        .expect("restore a copy of the replica");
+    if found {
+        activity(&out)
+    } else {
+        BTreeSet::new()
     }
+}
 
-    let keys = store.list("");
-    let tops: std::collections::BTreeSet<&str> =
-        keys.iter().filter_map(|k| k.split('/').next()).collect();
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Waits (bounded) until `ordinal`'s replica holds every row of `want`.
+async fn wait_replicated(
+    cluster: &LocalCluster,
+    ordinal: u32,
+    want: &BTreeSet<(u64, u64)>,
+    scratch: &Path,
+    what: &str,
+) -> BTreeSet<(u64, u64)> {
+    eventually(what, || async {
+        let rows = replica_rows(cluster, ordinal, scratch).await;
+        want.is_subset(&rows).then_some(rows)
+    })
+    .await
+}
+
+fn traffic(cluster: &LocalCluster, rate: f64, seed: u64) {
+    cluster
+        .emulator()
+        .start_traffic(TrafficRequest {
+            rate,
+            count: None,
+            duration_ms: None,
+            seed: Some(seed),
+        })
+        .expect("traffic starts");
+}
+
+/// Waits until the pod's counted messages stop changing (traffic stopped) and returns them.
+async fn settled(cluster: &LocalCluster, ordinal: u32) -> BTreeSet<(u64, u64)> {
+    let db = cluster.db_path(ordinal);
+    let mut last = activity(&db);
+    eventually("the pod's rows to settle", || {
+        let now = activity(&db);
+        let same = now == last;
+        last = now.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            same.then_some(())
+        }
+    })
+    .await;
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_lost_its_volume_restores_its_replica_and_keeps_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
+    let store = tokio::task::block_in_place(|| start_object_store(&dir.path().join("s3")));
+    assert!(store.list("").expect("list").is_empty(), "a fresh bucket");
+
+    // First boot: no replica, so the init container restores nothing and the pod starts empty.
+    let mut cluster = cluster::start_replicated(dir.path(), 1, 30, Strategy::Md5, &store).await;
+    let db = cluster.db_path(0);
+    assert!(activity(&db).is_empty(), "first boot starts empty");
+    assert_eq!(cluster.status(0).await.expect("status").last_error, None);
+
+    traffic(&cluster, 100.0, 61);
+    eventually("messages recorded", || async {
+        (activity(&db).len() >= 150).then_some(())
+    })
+    .await;
+
+    // Phase 1, kill -9: the node dies (pod and sidecar, no final sync) SYNCED_AFTER after this
+    // snapshot, traffic still flowing; then the volume is gone. (The sleep is the length of the
+    // fault being simulated, not a wait for something to happen.)
+    let committed = activity(&db);
+    tokio::time::sleep(SYNCED_AFTER).await;
+    cluster.kill_pod(0).await;
+    let at_loss = activity(&db);
+    cluster.lose_volume(0).expect("lose the volume");
+    assert!(!db.exists());
+    cluster.start_pod(0).await.expect("the pod starts again");
+    cluster
+        .wait_ready(0, patience())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(dir.path())));
+    let restored = activity(&db);
+    let missing: Vec<_> = committed.difference(&restored).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} rows committed {SYNCED_AFTER:?} before the loss are missing, e.g. {missing:?}",
+        committed.difference(&restored).count(),
+        committed.len()
+    );
+    assert_eq!(integrity(&db), "ok");
+    // The restored pod keeps replicating and recording: new messages arrive.
+    eventually("new messages after the restore", || async {
+        activity(&db)
+            .difference(&at_loss)
+            .next()
+            .is_some()
+            .then_some(())
+    })
+    .await;
+
+    // Phase 2, SIGTERM: the pod stops, then its sidecar's final sync; the volume is lost
+    // again. Everything the pod committed comes back, up to its last write.
+    cluster.emulator().stop_traffic();
+    let before_stop = settled(&cluster, 0).await;
+    assert_eq!(cluster.stop_pod(0, Duration::from_secs(25)).await, Some(0));
+    cluster.lose_volume(0).expect("lose the volume");
+    cluster.start_pod(0).await.expect("the pod starts again");
+    cluster.wait_ready(0, patience()).await.expect("ready");
+    assert_eq!(
+        activity(&db),
+        before_stop,
+        "rows after a clean stop and a lost volume"
+    );
+    assert_eq!(integrity(&db), "ok");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_replicate_into_their_own_paths_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
+    let store = tokio::task::block_in_place(|| start_object_store(&dir.path().join("s3")));
+    let cluster = cluster::start_replicated(dir.path(), 2, 40, Strategy::Md5, &store).await;
+    traffic(&cluster, 150.0, 62);
+    eventually("both pods record messages", || async {
+        (0..2)
+            .all(|o| activity(&cluster.db_path(o)).len() >= 40)
+            .then_some(())
+    })
+    .await;
+    cluster.emulator().stop_traffic();
+
+    let two = Topology::new(Strategy::Md5, 2).expect("2");
+    let scratch = dir.path().join("scratch");
+    for ordinal in 0..2 {
+        let rows = settled(&cluster, ordinal).await;
+        let copy = wait_replicated(&cluster, ordinal, &rows, &scratch, "the replica").await;
+        assert_eq!(
+            copy, rows,
+            "gateway-{ordinal}'s replica holds its rows, nothing else"
+        );
+        assert!(
+            copy.iter()
+                .all(|(g, _)| owner(GuildId(*g), two) == Ordinal(ordinal)),
+            "gateway-{ordinal}'s replica holds only guilds it owns"
+        );
+    }
+    let keys = store.list("").expect("list");
+    let tops: BTreeSet<&str> = keys.iter().filter_map(|k| k.split('/').next()).collect();
     assert_eq!(
         tops.into_iter().collect::<Vec<_>>(),
         ["gateway-0", "gateway-1"],
         "the bucket holds exactly one prefix per ordinal: {keys:?}"
     );
-    for key in &keys {
-        assert!(
-            key.ends_with(".ltx"),
-            "only LTX files in the replica paths: {key}"
-        );
-    }
-
-    // Each ordinal restores its own data, not the other's.
-    for (k, ls) in pods.iter().enumerate() {
-        let want = fingerprint(ls.db());
-        assert!(
-            !ls.try_ltx(RESTORE_LIMIT).expect("ltx").is_empty(),
-            "gateway-{k} has LTX files"
-        );
-        ls.wipe_db();
-        assert!(ls.restore(RESTORE_LIMIT).status.success());
-        assert_eq!(
-            fingerprint(ls.db()),
-            want,
-            "gateway-{k} restored its own rows"
-        );
-    }
-    assert_ne!(fingerprint(pods[0].db()), fingerprint(pods[1].db()));
+    assert!(keys.iter().all(|k| k.ends_with(".ltx")), "{keys:?}");
+    cluster.shutdown().await;
 }
 
-#[test]
-fn replication_catches_up_after_an_object_storage_outage() {
-    let mut store = ObjectStore::start();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_storage_outage_neither_stops_the_bot_nor_loses_the_replica() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("data/bot.db");
-    let ls = Litestream::new(&store, &db, 0);
+    let _serial = cluster::serial().await;
+    let mut store = tokio::task::block_in_place(|| start_object_store(&dir.path().join("s3")));
+    let mut cluster = cluster::start_replicated(dir.path(), 1, 30, Strategy::Md5, &store).await;
+    let db = cluster.db_path(0);
     let scratch = dir.path().join("scratch");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let replication = cluster.replication().expect("replication").clone();
+    traffic(&cluster, 100.0, 63);
+    eventually("messages recorded", || async {
+        (activity(&db).len() >= 100).then_some(())
+    })
+    .await;
+    let before = activity(&db);
+    wait_replicated(&cluster, 0, &before, &scratch, "before the outage").await;
+    let replica_txid = replication
+        .replica_txid(0, &db)
+        .await
+        .expect("list the replica");
 
-    let mut conn = open_app_db(&db);
-    insert(&mut conn, 1, 1..100);
-    let mut sidecar = ls.replicate();
-    wait_until_replicated(&ls, &scratch, fingerprint(&db), "before the outage");
+    // The outage: SYNCED_AFTER of traffic with the store down (the fault's length).
+    tokio::task::block_in_place(|| store.stop());
+    let handled = cluster.status(0).await.expect("status").events_handled;
+    tokio::time::sleep(SYNCED_AFTER).await;
+    let status = cluster
+        .status(0)
+        .await
+        .expect("the pod answers during the outage");
+    assert!(status.ready, "the pod stays ready: {status:?}");
+    assert!(
+        status.events_handled > handled,
+        "the pod keeps handling events"
+    );
+    let during = activity(&db);
+    assert!(during.len() > before.len(), "and recording them");
+    assert!(
+        cluster.sidecar_mut(0).is_some_and(|s| s.is_running()),
+        "the sidecar survives the outage"
+    );
+    assert!(
+        replication.replica_txid(0, &db).await.is_err(),
+        "the store is really down"
+    );
+    let lag = Replication::lag(&db, replica_txid);
+    assert!(
+        lag.behind >= SYNCED_AFTER / 2,
+        "the replica falls behind while the store is down: {lag:?}"
+    );
 
-    store.stop();
-    // The outage lasts while the app writes 10 batches 200 ms apart: twenty monitor/sync
-    // intervals, so the sidecar tries (and fails) to upload several times. This is the length
-    // of the fault being simulated, not a wait for something to happen. (Litestream 0.5.17's
-    // S3 client retries quietly, so the log has nothing to poll for.)
-    for batch in 0..10 {
-        insert(&mut conn, 2, 1000 + batch * 50..1000 + batch * 50 + 50);
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            sidecar.is_running(),
-            "the sidecar must survive the outage:\n{}",
-            sidecar.log()
-        );
-    }
-    let want = fingerprint(&db);
-
-    store.restart();
-    insert(&mut conn, 3, 5000..5010);
-    let want_after = fingerprint(&db);
-    assert_ne!(want, want_after);
-    wait_until_replicated(&ls, &scratch, want_after, "after object storage came back");
-    assert!(sidecar.is_running(), "{}", sidecar.log());
-    drop(conn);
-    sidecar.stop();
-
-    ls.wipe_db();
-    assert!(ls.restore(RESTORE_LIMIT).status.success());
-    assert_eq!(fingerprint(&db), want_after);
-    assert_eq!(integrity(&db), "ok");
+    tokio::task::block_in_place(|| store.restart()).expect("the store comes back");
+    let after = activity(&db);
+    wait_replicated(&cluster, 0, &after, &scratch, "after the store came back").await;
+    eventually("the replica to catch up", || async {
+        let txid = replication.replica_txid(0, &db).await.ok()?;
+        (Replication::lag(&db, txid).behind < SYNCED_AFTER / 2).then_some(())
+    })
+    .await;
+    assert!(cluster.sidecar_mut(0).is_some_and(|s| s.is_running()));
+    cluster.shutdown().await;
 }

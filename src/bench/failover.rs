@@ -32,6 +32,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
         },
         pod_env: vec![],
         http: false,
+        replication: None,
     };
     let mut cluster = LocalCluster::start(cfg).await?;
     let result = measure(options, &mut cluster).await;

@@ -107,6 +107,7 @@ async fn start(
         },
         pod_env: vec![("NUM_GATEWAY_PODS".to_owned(), n.to_string())],
         http: false,
+        replication: None,
     };
     let cluster = LocalCluster::start(cfg).await?;
     cluster.wait_ready(0, Duration::from_secs(60)).await?;

@@ -46,6 +46,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
             },
             pod_env: vec![],
             http: false,
+            replication: None,
         };
         let mut cluster = LocalCluster::start(cfg).await?;
         let ids: Vec<GuildId> = cluster

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use guildshard::emulator::EmulatorConfig;
-use guildshard::local_cluster::{ClusterConfig, LocalCluster};
+use guildshard::local_cluster::{ClusterConfig, LocalCluster, ObjectStore, Replication};
 use guildshard::ownership::Strategy;
 
 /// Tests that start a cluster take this first: each runs several processes, and on a 2-core
@@ -30,7 +30,42 @@ pub async fn start_with(
     pod_env: &[(&str, &str)],
     http: bool,
 ) -> LocalCluster {
-    let cfg = ClusterConfig {
+    let mut cfg = config(dir, pods, guilds, strategy);
+    cfg.pod_env = pod_env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    cfg.http = http;
+    start_config(dir, cfg).await
+}
+
+/// A cluster whose every pod runs with Litestream as the StatefulSet runs it (restore init
+/// container, native sidecar), replicating into `store` every [`REPLICATION_INTERVAL`].
+pub async fn start_replicated(
+    dir: &Path,
+    pods: u32,
+    guilds: usize,
+    strategy: Strategy,
+    store: &ObjectStore,
+) -> LocalCluster {
+    let mut cfg = config(dir, pods, guilds, strategy);
+    let replication = Replication::new(
+        &super::objstore::tools().library(),
+        store,
+        &dir.join("litestream"),
+        REPLICATION_INTERVAL,
+    )
+    .expect("litestream files");
+    cfg.replication = Some(replication);
+    start_config(dir, cfg).await
+}
+
+/// Litestream's monitor and sync interval in tests: commits reach the replica within about
+/// twice this.
+pub const REPLICATION_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn config(dir: &Path, pods: u32, guilds: usize, strategy: Strategy) -> ClusterConfig {
+    ClusterConfig {
         binary: super::process::bin().into(),
         pods,
         strategy,
@@ -44,13 +79,16 @@ pub async fn start_with(
             identify_window_ms: 0,
             ..EmulatorConfig::default()
         },
-        pod_env: pod_env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        http,
-    };
-    let cluster = LocalCluster::start(cfg).await.expect("cluster starts");
+        pod_env: Vec::new(),
+        http: false,
+        replication: None,
+    }
+}
+
+async fn start_config(dir: &Path, cfg: ClusterConfig) -> LocalCluster {
+    let cluster = LocalCluster::start(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("cluster starts: {e}\n{}", logs(dir)));
     for ordinal in cluster.running() {
         cluster
             .wait_ready(ordinal, super::eventually::patience())

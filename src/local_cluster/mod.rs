@@ -1,44 +1,48 @@
 //! The whole system on one machine: the Discord emulator (in process), N gateway pods as child
-//! processes with StatefulSet semantics, and optionally the HTTP service. Used by `guildshard
-//! dev` and by the integration tests.
+//! processes with StatefulSet semantics, optionally the HTTP service, and optionally object
+//! storage with a Litestream sidecar per pod. Used by `guildshard dev`, the benchmarks and the
+//! integration tests.
 //!
-//! Level 4: uses `emulator`, `wire`, `ownership`, `shutdown`, `reshard` (rescale follows the
-//! runbook and waits on the `status` verdict).
+//! Level 4: uses `emulator`, `wire`, `ownership`, `shutdown`, `config`, `reshard` (rescale
+//! follows the runbook and waits on the `status` verdict).
 //!
 //! StatefulSet semantics reproduced here: pods are named `gateway-<ordinal>`, get `POD_ORDINAL`
 //! and `NUM_GATEWAY_PODS` in their environment, and each ordinal keeps its own data directory
-//! across restarts (its "PVC"). Kubernetes gives every pod a stable DNS name; locally every pod
-//! binds a random port, so a small directory proxy plays that part: the pods' internal APIs are
-//! reachable at `http://127.0.0.1:<proxy>/pods/<ordinal>/...`, which is what
-//! `GATEWAY_INTERNAL_URL_TEMPLATE` points at. A pod that is down answers 503 at once, as a
-//! refused connection would.
+//! across restarts (its "PVC"). With [`Replication`], a pod's start is the pod spec's: the
+//! restore init container, then the Litestream native sidecar, then the gateway; its stop is
+//! the gateway first, then the sidecar's final sync. The pods reach each other through the
+//! [`directory`] proxy, which plays the part of the headless Service's DNS names.
+//!
+//! # Layout
+//! - [`child`]: child processes that report the addresses they listen on.
+//! - [`directory`]: `gateway-<k>` → wherever that pod listens now.
+//! - [`tools`], [`objstore`], [`replication`]: the pinned Litestream and SeaweedFS, an S3 server
+//!   on loopback, and Litestream beside each pod.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod child;
+pub mod directory;
+pub mod objstore;
+pub mod replication;
+pub mod tools;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
-use axum::Router;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
+pub use self::child::{spawn_child, ChildProcess};
+use self::directory::{directory_app, Directory};
+pub use self::objstore::ObjectStore;
+pub use self::replication::{Replication, Sidecar};
+pub use self::tools::Tools;
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::ownership::{Ordinal, Strategy, Topology};
 use crate::reshard::status::{self, Verdict};
 use crate::shutdown::Shutdown;
 use crate::wire::StatusReport;
-
-/// How long a child may take to print its listening addresses.
-const START_LIMIT: Duration = Duration::from_secs(60);
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -59,6 +63,8 @@ pub struct ClusterConfig {
     pub pod_env: Vec<(String, String)>,
     /// Whether to run the HTTP service and point the emulator's interactions at it.
     pub http: bool,
+    /// Litestream beside every pod (restore at start, sidecar for its life), when set.
+    pub replication: Option<Replication>,
 }
 
 /// Why the cluster could not start or change.
@@ -80,6 +86,9 @@ pub enum Error {
         /// Its log file.
         log: String,
     },
+    /// Litestream (the restore init container or the sidecar) failed.
+    #[error(transparent)]
+    Litestream(#[from] replication::Error),
     /// A rescale did not converge.
     #[error("rescale: {0}")]
     Rescale(String),
@@ -93,140 +102,6 @@ pub enum Error {
     },
 }
 
-/// Where each pod's internal API currently listens; shared with the directory proxy.
-type Directory = Arc<RwLock<HashMap<u32, SocketAddr>>>;
-
-/// A running child process and the addresses it printed.
-pub struct ChildProcess {
-    name: String,
-    child: Child,
-    addrs: HashMap<String, SocketAddr>,
-    log: PathBuf,
-}
-
-impl ChildProcess {
-    /// The address it printed as `<listener> listening on <addr>`.
-    pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.addrs.get(listener).copied()
-    }
-
-    /// Its stderr log file.
-    pub fn log(&self) -> &Path {
-        &self.log
-    }
-
-    /// Its process id, while it runs (benchmarks read its CPU time and RSS from /proc).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    fn signal(&self, signal: &str) {
-        if let Some(pid) = self.child.id() {
-            // The `kill` command keeps `unsafe` (libc::kill) out of the crate.
-            let _ = std::process::Command::new("kill")
-                .args([signal, &pid.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-
-    /// SIGTERM, then wait up to `grace`; SIGKILL after that. Returns the exit code.
-    pub async fn terminate(mut self, grace: Duration) -> Option<i32> {
-        self.signal("-TERM");
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(Ok(status)) => status.code(),
-            _ => {
-                warn!(name = %self.name, "did not stop within the grace period; killing");
-                let _ = self.child.kill().await;
-                None
-            }
-        }
-    }
-
-    /// SIGKILL (kill -9) and reap.
-    pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
-        let _ = self.child.wait().await;
-    }
-}
-
-/// Starts `binary args` with `env`, stderr to `<log_dir>/<name>.log`, and waits until it has
-/// printed every listener in `listeners`.
-pub async fn spawn_child(
-    binary: &Path,
-    args: &[&str],
-    name: &str,
-    env: &[(String, String)],
-    log_dir: &Path,
-    listeners: &[&str],
-) -> Result<ChildProcess, Error> {
-    std::fs::create_dir_all(log_dir)?;
-    let log = log_dir.join(format!("{name}.log"));
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
-    let mut cmd = Command::new(binary);
-    cmd.args(args)
-        .env_clear()
-        .envs(
-            ["PATH", "HOME", "RUST_LOG", "RUST_BACKTRACE"]
-                .iter()
-                .filter_map(|k| Some((*k, std::env::var(k).ok()?))),
-        )
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr))
-        .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    let start_error = |why: String| Error::ChildStart {
-        name: name.to_owned(),
-        why,
-        log: log.display().to_string(),
-    };
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| start_error("no stdout".into()))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut addrs = HashMap::new();
-    let wanted: Vec<String> = listeners.iter().map(|l| (*l).to_owned()).collect();
-    let read = async {
-        while addrs.len() < wanted.len() {
-            match lines.next_line().await {
-                Ok(Some(line)) => {
-                    for listener in &wanted {
-                        if let Some(addr) = line.strip_prefix(&format!("{listener} listening on "))
-                        {
-                            if let Ok(addr) = addr.trim().parse::<SocketAddr>() {
-                                addrs.insert(listener.clone(), addr);
-                            }
-                        }
-                    }
-                }
-                Ok(None) => return Err("exited before listening".to_owned()),
-                Err(err) => return Err(err.to_string()),
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(START_LIMIT, read).await {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => return Err(start_error(why)),
-        Err(_) => return Err(start_error(format!("no address within {START_LIMIT:?}"))),
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(ChildProcess {
-        name: name.to_owned(),
-        child,
-        addrs,
-        log,
-    })
-}
-
 /// The emulator, the gateway pods and the HTTP service, running.
 pub struct LocalCluster {
     cfg: ClusterConfig,
@@ -236,6 +111,8 @@ pub struct LocalCluster {
     proxy_addr: SocketAddr,
     proxy_shutdown: Shutdown,
     pods: BTreeMap<u32, ChildProcess>,
+    /// Each running pod's Litestream sidecar, when replication is on.
+    sidecars: BTreeMap<u32, Sidecar>,
     num_gateway_pods: u32,
     http: Option<ChildProcess>,
     internal_token: String,
@@ -254,7 +131,7 @@ impl LocalCluster {
             emulator_shutdown.clone(),
         )
         .await?;
-        let directory: Directory = Arc::default();
+        let directory = Directory::default();
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
         let proxy_addr = proxy_listener.local_addr()?;
         let proxy_shutdown = Shutdown::new();
@@ -274,6 +151,7 @@ impl LocalCluster {
             proxy_addr,
             proxy_shutdown,
             pods: BTreeMap::new(),
+            sidecars: BTreeMap::new(),
             http: None,
             // Random per cluster, so a stray process of another run cannot talk to this one.
             internal_token: format!("local-{:032x}", rand::random::<u128>()),
@@ -362,7 +240,13 @@ impl LocalCluster {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        for (k, v) in &self.cfg.pod_env {
+        let replication = self
+            .cfg
+            .replication
+            .as_ref()
+            .map(|r| r.gateway_env(ordinal, &self.db_path(ordinal)))
+            .unwrap_or_default();
+        for (k, v) in replication.iter().chain(&self.cfg.pod_env) {
             env.retain(|(existing, _)| existing != k);
             env.push((k.clone(), v.clone()));
         }
@@ -381,12 +265,20 @@ impl LocalCluster {
         extra: &[(String, String)],
     ) -> Result<(), Error> {
         std::fs::create_dir_all(self.data_dir(ordinal))?;
+        let name = format!("gateway-{ordinal}");
+        if let Some(replication) = &self.cfg.replication {
+            // The pod spec's init containers, in order: restore, then the native sidecar.
+            let db = self.db_path(ordinal);
+            replication.restore(ordinal, &db).await?;
+            let log = self.cfg.log_dir.join(format!("{name}-litestream.log"));
+            let sidecar = replication.start_sidecar(ordinal, &db, &log).await?;
+            self.sidecars.insert(ordinal, sidecar);
+        }
         let mut env = self.pod_env(ordinal);
         for (k, v) in extra {
             env.retain(|(existing, _)| existing != k);
             env.push((k.clone(), v.clone()));
         }
-        let name = format!("gateway-{ordinal}");
         let child = spawn_child(
             &self.cfg.binary,
             &["gateway"],
@@ -404,25 +296,65 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn directory_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, SocketAddr>> {
+    fn directory_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<u32, SocketAddr>> {
         self.directory
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// SIGTERM the pod and wait up to `grace` (as Kubernetes does); returns its exit code.
+    /// Its Litestream sidecar is stopped after it, so the final sync sees its last writes.
     pub async fn stop_pod(&mut self, ordinal: u32, grace: Duration) -> Option<i32> {
         self.directory_mut().remove(&ordinal);
-        let pod = self.pods.remove(&ordinal)?;
-        pod.terminate(grace).await
+        let code = match self.pods.remove(&ordinal) {
+            Some(pod) => pod.terminate(grace).await,
+            None => None,
+        };
+        if let Some(sidecar) = self.sidecars.remove(&ordinal) {
+            if !sidecar.stop().await {
+                warn!(ordinal, "litestream sidecar did not stop cleanly");
+            }
+        }
+        code
     }
 
-    /// kill -9 the pod.
+    /// kill -9 the pod, its sidecar with it (the node died: no final sync).
     pub async fn kill_pod(&mut self, ordinal: u32) {
         self.directory_mut().remove(&ordinal);
         if let Some(pod) = self.pods.remove(&ordinal) {
             pod.kill().await;
         }
+        if let Some(sidecar) = self.sidecars.remove(&ordinal) {
+            sidecar.kill().await;
+        }
+    }
+
+    /// Deletes a stopped pod's volume: its database, WAL and Litestream's local state.
+    ///
+    /// # Errors
+    /// When the pod still runs, or the directory cannot be removed.
+    pub fn lose_volume(&mut self, ordinal: u32) -> Result<(), Error> {
+        if self.pods.contains_key(&ordinal) {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "gateway-{ordinal} is running; stop it before losing its volume"
+            ))));
+        }
+        match std::fs::remove_dir_all(self.data_dir(ordinal)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The Litestream settings, when replication is on.
+    pub fn replication(&self) -> Option<&Replication> {
+        self.cfg.replication.as_ref()
+    }
+
+    /// A running pod's Litestream sidecar.
+    pub fn sidecar_mut(&mut self, ordinal: u32) -> Option<&mut Sidecar> {
+        self.sidecars.get_mut(&ordinal)
     }
 
     /// A pod's `GET /internal/v1/status`.
@@ -587,81 +519,11 @@ impl LocalCluster {
         for ordinal in ordinals {
             let _ = self.stop_pod(ordinal, Duration::from_secs(25)).await;
         }
+        // Sidecars of pods that failed to start.
+        for (_, sidecar) in std::mem::take(&mut self.sidecars) {
+            sidecar.stop().await;
+        }
         self.proxy_shutdown.trigger();
         self.emulator_shutdown.drain(Duration::from_secs(5)).await;
-    }
-}
-
-#[derive(Clone)]
-struct ProxyState {
-    directory: Directory,
-    client: reqwest::Client,
-}
-
-fn directory_app(directory: Directory) -> Router {
-    let state = ProxyState {
-        directory,
-        // No overall timeout: the caller sets its own deadlines. Connect fast, though.
-        client: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .unwrap_or_default(),
-    };
-    Router::new()
-        .route("/pods/{ordinal}/{*rest}", any(forward))
-        .with_state(state)
-}
-
-async fn forward(
-    State(state): State<ProxyState>,
-    UrlPath((ordinal, rest)): UrlPath<(u32, String)>,
-    request: Request,
-) -> Response {
-    let addr = state
-        .directory
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&ordinal)
-        .copied();
-    let Some(addr) = addr else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("gateway-{ordinal} is not running"),
-        )
-            .into_response();
-    };
-    let query = request
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let url = format!("http://{addr}/{rest}{query}");
-    let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
-    };
-    let mut outgoing = state.client.request(parts.method, url).body(body);
-    for (name, value) in &parts.headers {
-        if name != axum::http::header::HOST {
-            outgoing = outgoing.header(name, value);
-        }
-    }
-    match outgoing.send().await {
-        Ok(resp) => {
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let mut out = Response::new(Body::from(bytes));
-            *out.status_mut() = status;
-            for (name, value) in &headers {
-                if name != axum::http::header::TRANSFER_ENCODING
-                    && name != axum::http::header::CONTENT_LENGTH
-                {
-                    out.headers_mut().insert(name, value.clone());
-                }
-            }
-            out
-        }
-        Err(err) => (StatusCode::BAD_GATEWAY, format!("gateway-{ordinal}: {err}")).into_response(),
     }
 }
