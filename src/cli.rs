@@ -142,6 +142,9 @@ struct DevArgs {
     /// Run without the HTTP service.
     #[arg(long)]
     no_http: bool,
+    /// Run without object storage and Litestream, even when they are installed.
+    #[arg(long)]
+    no_replication: bool,
     /// Stop by itself after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
@@ -475,6 +478,11 @@ fn cmd_dev(args: DevArgs) -> anyhow::Result<()> {
         strategy: topology.strategy,
         data_dir: args.data_dir,
         http: !args.no_http,
+        replication: if args.no_replication {
+            guildshard::dev::ReplicationChoice::Off
+        } else {
+            guildshard::dev::ReplicationChoice::IfInstalled(guildshard::local_cluster::Tools::find())
+        },
         duration: args.duration.map(std::time::Duration::from_secs),
         scale_to: args.scale_to,
         scale_after: std::time::Duration::from_secs(args.after),

@@ -1,6 +1,8 @@
 //! `guildshard dev`: the whole system on this machine with a live view. No Discord token and no
 //! network are needed: the emulator plays Discord, generated users talk in its guilds, and the
-//! view shows what each gateway pod handles.
+//! view shows what each gateway pod handles. When Litestream and SeaweedFS are installed
+//! (`bash .ci/install-tools.sh`), an S3 server runs too and every pod gets its Litestream
+//! sidecar, as in the StatefulSet; the view then shows each replica's lag.
 //!
 //! Level 4: drives [`crate::local_cluster`].
 
@@ -10,7 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::emulator::{CommandKind, CommandOption, EmulatorConfig, RunCommand, TrafficRequest};
-use crate::local_cluster::{ClusterConfig, LocalCluster};
+use crate::local_cluster::replication::Lag;
+use crate::local_cluster::tools::INSTALL_HINT;
+use crate::local_cluster::{ClusterConfig, LocalCluster, ObjectStore, Replication, Tools};
 use crate::ownership::Strategy;
 use crate::shutdown::Shutdown;
 use crate::wire::StatusReport;
@@ -32,6 +36,8 @@ pub struct DevOptions {
     pub data_dir: PathBuf,
     /// Whether to run the HTTP service (and have simulated users run commands).
     pub http: bool,
+    /// Whether to run object storage and a Litestream sidecar per pod.
+    pub replication: ReplicationChoice,
     /// Stop by itself after this long (for demos and smoke tests); `None` runs until Ctrl-C.
     pub duration: Option<Duration>,
     /// Rescale live to this many pods (following the runbook) after `scale_after`.
@@ -39,6 +45,18 @@ pub struct DevOptions {
     /// When to rescale.
     pub scale_after: Duration,
 }
+
+/// Whether `dev` replicates the pods' databases.
+#[derive(Clone, Debug)]
+pub enum ReplicationChoice {
+    /// Not asked for.
+    Off,
+    /// Asked for: with these tools, or (`None`) they are not installed.
+    IfInstalled(Option<Tools>),
+}
+
+/// Litestream's monitor and sync interval in `dev`: its production default.
+const REPLICATION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why `dev` failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +67,12 @@ pub enum Error {
     /// The traffic generator refused.
     #[error("traffic generator: {0}")]
     Traffic(#[from] crate::emulator::Error),
+    /// The object store did not start.
+    #[error(transparent)]
+    ObjectStore(#[from] crate::local_cluster::objstore::Error),
+    /// Litestream's files could not be written.
+    #[error(transparent)]
+    Litestream(#[from] crate::local_cluster::replication::Error),
 }
 
 /// How often the view is redrawn.
@@ -57,6 +81,7 @@ const REFRESH: Duration = Duration::from_secs(2);
 /// Runs the local cluster until `shutdown` (Ctrl-C) or the optional duration, then stops it
 /// cleanly, highest ordinal first.
 pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
+    let (store, replication) = start_replication(&opts).await?;
     let cfg = ClusterConfig {
         binary: opts.binary.clone(),
         pods: opts.pods,
@@ -72,6 +97,7 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
         },
         pod_env: Vec::new(),
         http: opts.http,
+        replication: replication.clone(),
     };
     println!(
         "starting the emulator, {} gateway pods{} (logs in {})",
@@ -103,6 +129,7 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
     let started = Instant::now();
     let mut cluster = cluster;
     let mut previous: HashMap<u32, (u64, Instant)> = HashMap::new();
+    let mut replica_txids: HashMap<u32, Option<u64>> = HashMap::new();
     let mut last_command = String::from("none yet");
     let mut scale_to = opts.scale_to;
     let mut tick: u64 = 0;
@@ -125,7 +152,11 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
         for ordinal in cluster.running() {
             reports.push((ordinal, cluster.status(ordinal).await.ok()));
         }
-        draw(&reports, &mut previous, &cluster, started.elapsed());
+        let lags = match &replication {
+            Some(r) => replica_lags(r, &cluster, &mut replica_txids).await,
+            None => HashMap::new(),
+        };
+        draw(&reports, &lags, &mut previous, &cluster, started.elapsed());
         println!("last simulated command: {last_command}");
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
@@ -138,8 +169,77 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
     println!("stopping: HTTP service, then pods highest ordinal first, then the emulator");
     cluster.emulator().stop_traffic();
     cluster.shutdown().await;
+    if let Some(mut store) = store {
+        // After the sidecars' final syncs.
+        let _ = tokio::task::spawn_blocking(move || store.stop()).await;
+    }
     println!("stopped cleanly");
     Ok(())
+}
+
+/// Starts the object store and prepares Litestream when asked for and installed; says how to
+/// install them when they are not.
+async fn start_replication(
+    opts: &DevOptions,
+) -> Result<(Option<ObjectStore>, Option<Replication>), Error> {
+    let tools = match &opts.replication {
+        ReplicationChoice::Off => return Ok((None, None)),
+        ReplicationChoice::IfInstalled(None) => {
+            println!(
+                "replication off: Litestream and SeaweedFS are not installed \
+                 (`{INSTALL_HINT}` installs them into .cache/tools)"
+            );
+            return Ok((None, None));
+        }
+        ReplicationChoice::IfInstalled(Some(tools)) => tools.clone(),
+    };
+    let dir = opts.data_dir.join("s3");
+    let (weed, litestream) = (tools.weed(), tools.litestream());
+    let store = tokio::task::spawn_blocking(move || ObjectStore::start(&weed, &litestream, &dir))
+        .await
+        .map_err(|e| {
+            crate::local_cluster::objstore::Error::Io(std::io::Error::other(e.to_string()))
+        })??;
+    let replication = Replication::new(
+        &tools,
+        &store,
+        &opts.data_dir.join("litestream"),
+        REPLICATION_INTERVAL,
+    )?;
+    println!(
+        "object storage (SeaweedFS) on {}, bucket {}; a Litestream sidecar per pod replicates to \
+         gateway-<ordinal>/",
+        store.endpoint(),
+        store.bucket()
+    );
+    Ok((Some(store), Some(replication)))
+}
+
+/// Each running pod's replication lag. A replica that cannot be listed (the store is down)
+/// is judged against what it held when it was last listed.
+async fn replica_lags(
+    replication: &Replication,
+    cluster: &LocalCluster,
+    txids: &mut HashMap<u32, Option<u64>>,
+) -> HashMap<u32, (Lag, bool)> {
+    let running = cluster.running();
+    let listed = futures::future::join_all(
+        running
+            .iter()
+            .map(|&o| async move { (o, replication.replica_txid(o, &cluster.db_path(o)).await) }),
+    )
+    .await;
+    listed
+        .into_iter()
+        .map(|(o, result)| {
+            let reachable = result.is_ok();
+            if let Ok(txid) = result {
+                txids.insert(o, txid);
+            }
+            let known = txids.get(&o).copied().flatten();
+            (o, (Replication::lag(&cluster.db_path(o), known), reachable))
+        })
+        .collect()
 }
 
 /// A simulated member runs a command in a guild, through the HTTP service and the owner pod,
@@ -199,6 +299,7 @@ async fn simulated_command(cluster: &LocalCluster, tick: u64) -> String {
 
 fn draw(
     reports: &[(u32, Option<StatusReport>)],
+    lags: &HashMap<u32, (Lag, bool)>,
     previous: &mut HashMap<u32, (u64, Instant)>,
     cluster: &LocalCluster,
     uptime: Duration,
@@ -215,8 +316,8 @@ fn draw(
         traffic.logged
     ));
     out.push_str(&format!(
-        "{:<10} {:<13} {:>5} {:>8} {:>10} {:>10} {:>10} {:>10}\n",
-        "pod", "state", "ready", "guilds", "handled", "events/s", "db", "identifies"
+        "{:<10} {:<13} {:>5} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12}\n",
+        "pod", "state", "ready", "guilds", "handled", "events/s", "db", "identifies", "replica lag"
     ));
     for (ordinal, report) in reports {
         let name = format!("gateway-{ordinal}");
@@ -231,7 +332,7 @@ fn draw(
                     None => 0.0,
                 };
                 out.push_str(&format!(
-                    "{:<10} {:<13} {:>5} {:>8} {:>10} {:>10.1} {:>9}K {:>10}\n",
+                    "{:<10} {:<13} {:>5} {:>8} {:>10} {:>10.1} {:>9}K {:>10} {:>12}\n",
                     name,
                     r.state,
                     if r.ready { "yes" } else { "no" },
@@ -239,7 +340,8 @@ fn draw(
                     r.events_handled,
                     rate,
                     r.db_size_bytes / 1024,
-                    r.identifies
+                    r.identifies,
+                    lag_cell(lags.get(ordinal))
                 ));
             }
             None => out.push_str(&format!("{name:<10} {:<13}\n", "unreachable")),
@@ -247,4 +349,19 @@ fn draw(
     }
     print!("{out}");
     let _ = std::io::stdout().flush();
+}
+
+/// `0.4s`, `3.1s (store down)`, or `-` without replication.
+fn lag_cell(lag: Option<&(Lag, bool)>) -> String {
+    match lag {
+        None => "-".to_owned(),
+        Some((lag, reachable)) => {
+            let secs = format!("{:.1}s", lag.behind.as_secs_f64());
+            if *reachable {
+                secs
+            } else {
+                format!("{secs} (store down)")
+            }
+        }
+    }
 }

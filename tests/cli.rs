@@ -114,13 +114,16 @@ fn gateway_with_a_bad_env_var_exits_with_one_line_naming_it() {
     assert!(err.contains("NUM_GATEWAY_PODS"), "{err}");
 }
 
-/// The README's main command: the whole local cluster starts, handles traffic, answers a
-/// simulated command through the HTTP service, and stops cleanly by itself.
+/// The README's main command: the whole local cluster starts (with object storage and a
+/// Litestream sidecar per pod, the tools being installed), handles traffic, answers a
+/// simulated command through the HTTP service, shows each replica's lag, and stops cleanly by
+/// itself.
 #[test]
 fn dev_runs_the_local_cluster_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("dev");
     let path = std::env::var("PATH").unwrap_or_default();
+    let tools = crate::support::objstore::tools().bin.display().to_string();
     let out = run_cli(
         &[
             "dev",
@@ -135,7 +138,10 @@ fn dev_runs_the_local_cluster_and_stops_cleanly() {
             "--data-dir",
             data.to_str().expect("utf-8"),
         ],
-        &[("PATH", path.as_str())],
+        &[
+            ("PATH", path.as_str()),
+            ("GUILDSHARD_TOOLS_BIN", tools.as_str()),
+        ],
         None,
     );
     let text = stdout(&out);
@@ -144,6 +150,17 @@ fn dev_runs_the_local_cluster_and_stops_cleanly() {
         text.contains("gateway-0") && text.contains("gateway-1"),
         "{text}"
     );
+    assert!(text.contains("object storage (SeaweedFS) on"), "{text}");
+    assert!(text.contains("replica lag"), "{text}");
     assert!(text.contains("stopped cleanly"), "{text}");
     assert!(data.join("data/gateway-1/bot.db").exists());
+    for ordinal in 0..2 {
+        let log =
+            std::fs::read_to_string(data.join(format!("logs/gateway-{ordinal}-litestream.log")))
+                .unwrap_or_default();
+        assert!(
+            log.contains(&format!("path=gateway-{ordinal}")) && log.contains("litestream shut down"),
+            "gateway-{ordinal}'s sidecar replicated to its own path and stopped with a final sync:\n{log}"
+        );
+    }
 }
