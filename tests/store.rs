@@ -770,3 +770,95 @@ async fn close_flushes_what_was_queued_before_it() {
     assert_eq!(reopened.message_ids(G).await.unwrap().len() as u64, n);
     reopened.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_delete_after_export_deletes_only_what_was_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir, "versioned");
+    let store = Store::open(&path).await.unwrap();
+    let m = ids().m;
+    apply_all(&store, vec![created(G, CH, m[0], 501, false, "a")]).await;
+    let mut posted = created(G2, CH2, m[1], 502, false, "b");
+    if let Write::MessageCreated { outbox: o, .. } = &mut posted {
+        *o = outbox("post:g2", Some(G2), CH2);
+    }
+    apply_all(&store, vec![posted]).await;
+    assert_eq!(store.guild_ids().await.unwrap(), {
+        let mut both = vec![G, G2];
+        both.sort();
+        both
+    });
+
+    // A write after the export: the delete refuses and changes nothing.
+    let (version, export) = store.export_guild_versioned(G).await.unwrap();
+    let version = version.expect("G is held");
+    assert_eq!(export.activity.len(), 1);
+    apply_all(&store, vec![created(G, CH, m[2], 501, false, "c")]).await;
+    let refused = store
+        .apply(Write::DeleteGuildIfUnchanged {
+            guild_id: G,
+            version,
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::GuildChanged(g)) if g == G),
+        "{refused:?}"
+    );
+    assert_eq!(store.message_ids(G).await.unwrap(), vec![m[0], m[2]]);
+
+    // A replay changes no row, so it does not invalidate a fresh export.
+    let (version, _) = store.export_guild_versioned(G).await.unwrap();
+    apply_all(&store, vec![created(G, CH, m[2], 501, false, "c")]).await;
+    store
+        .apply(Write::DeleteGuildIfUnchanged {
+            guild_id: G,
+            version: version.expect("held"),
+        })
+        .await
+        .unwrap();
+    assert!(store.message_ids(G).await.unwrap().is_empty());
+    assert_eq!(store.guild_ids().await.unwrap(), vec![G2]);
+
+    // Marking a post sent changes the guild's outbox row: an export from before it is stale.
+    let (version, export) = store.export_guild_versioned(G2).await.unwrap();
+    assert_eq!(export.outbox.len(), 1);
+    store
+        .apply(Write::OutboxSent {
+            key: "post:g2".into(),
+            message_id: 9,
+        })
+        .await
+        .unwrap();
+    let refused = store
+        .apply(Write::DeleteGuildIfUnchanged {
+            guild_id: G2,
+            version: version.expect("held"),
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::GuildChanged(_))),
+        "{refused:?}"
+    );
+
+    // A version from before a restart never matches after it.
+    let (version, _) = store.export_guild_versioned(G2).await.unwrap();
+    store.close().await.unwrap();
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(
+        store.guild_ids().await.unwrap(),
+        vec![G2],
+        "held guilds read back"
+    );
+    let refused = store
+        .apply(Write::DeleteGuildIfUnchanged {
+            guild_id: G2,
+            version: version.expect("held"),
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::GuildChanged(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.message_ids(G2).await.unwrap(), vec![m[1]]);
+    store.close().await.unwrap();
+}

@@ -17,6 +17,7 @@ pub mod activity;
 pub mod deletions;
 pub mod dm_help;
 pub mod guilds;
+pub mod index;
 pub mod meta;
 pub mod migrate;
 pub mod moderation;
@@ -38,6 +39,7 @@ use crate::ownership::{GuildId, DISCORD_EPOCH_MS};
 pub use activity::{ActivityRow, DayStats, UserStats};
 pub use deletions::CachedMessage;
 pub use guilds::{GuildExport, MemberEvent, EXPORT_FORMAT_VERSION};
+pub use index::{GuildVersion, ParseGuildVersionError};
 pub use moderation::{GuildSettings, ModAction, ModActionKind, ModLog, Report, SettingsRow};
 pub use outbox::{OutboxMessage, OutboxRow, PendingOutbox};
 pub use write::{Applied, Write};
@@ -109,6 +111,9 @@ pub enum Error {
     /// [`Write::SetMeta`] with a key reserved for the store itself.
     #[error("metadata key {0:?} is reserved for the store")]
     ReservedMetaKey(String),
+    /// [`Write::DeleteGuildIfUnchanged`] found the guild changed since the version given.
+    #[error("guild {0} changed since it was exported; nothing was deleted")]
+    GuildChanged(GuildId),
     /// A blocking task of the store panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
@@ -151,6 +156,7 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     writer: writer::Handle,
+    index: Arc<index::GuildIndex>,
     readers: Mutex<Vec<Connection>>,
     reader_permits: Semaphore,
     closed: AtomicBool,
@@ -187,12 +193,14 @@ impl Store {
                 .await
                 .map_err(|e| Error::Task(e.to_string()))??
         };
-        let (conn, readers, purge_cutoff) = opened;
-        let writer = writer::spawn(conn, purge_cutoff, options)?;
+        let (conn, readers, purge_cutoff, held) = opened;
+        let index = Arc::new(index::GuildIndex::new(held));
+        let writer = writer::spawn(conn, purge_cutoff, index.clone(), options)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
                 writer,
+                index,
                 readers: Mutex::new(readers),
                 reader_permits: Semaphore::new(READERS),
                 closed: AtomicBool::new(false),
@@ -387,7 +395,11 @@ impl Store {
     /// # Errors
     /// As [`Store::user_stats`].
     pub async fn guild_ids(&self) -> Result<Vec<GuildId>, Error> {
-        self.read(guilds::guild_ids).await
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        // Kept exact by the writer; no query.
+        Ok(self.inner.index.ids())
     }
 
     /// Rows per guild table for one guild (diagnostics), keyed by table name.
@@ -404,6 +416,32 @@ impl Store {
     /// As [`Store::user_stats`].
     pub async fn export_guild(&self, guild: GuildId) -> Result<GuildExport, Error> {
         self.read(move |c| guilds::export(c, guild)).await
+    }
+
+    /// Like [`Store::export_guild`], with the guild's version taken just before the snapshot
+    /// (`None` when nothing of it is held). A [`Write::DeleteGuildIfUnchanged`] with this
+    /// version deletes only if no write to the guild committed since: a write that lands
+    /// between the version and the snapshot only makes the delete refuse, never lose a row.
+    ///
+    /// # Errors
+    /// As [`Store::user_stats`].
+    pub async fn export_guild_versioned(
+        &self,
+        guild: GuildId,
+    ) -> Result<(Option<GuildVersion>, GuildExport), Error> {
+        let version = self.inner.index.version(guild);
+        Ok((version, self.export_guild(guild).await?))
+    }
+
+    /// How many guilds the store holds rows for.
+    pub fn guilds_held(&self) -> usize {
+        self.inner.index.len()
+    }
+
+    /// A number that changes whenever a guild is added to or removed from the held set (not
+    /// when a held guild only changes), for caching what is derived from [`Store::guild_ids`].
+    pub fn held_generation(&self) -> u64 {
+        self.inner.index.membership()
     }
 
     /// Unsent outbox rows, oldest first.
@@ -444,7 +482,7 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-type Opened = (Connection, Vec<Connection>, Option<u64>);
+type Opened = (Connection, Vec<Connection>, Option<u64>, Vec<GuildId>);
 
 fn open_blocking(path: &Path, options: StoreOptions) -> Result<Opened, Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -473,10 +511,11 @@ fn open_blocking(path: &Path, options: StoreOptions) -> Result<Opened, Error> {
     }
     migrate::migrate(&mut conn)?;
     let purge_cutoff = meta::purge_cutoff(&conn)?;
+    let held = guilds::guild_ids(&conn)?;
     let readers = (0..READERS)
         .map(|_| open_reader(path))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((conn, readers, purge_cutoff))
+    Ok((conn, readers, purge_cutoff, held))
 }
 
 fn open_reader(path: &Path) -> Result<Connection, Error> {
@@ -523,7 +562,7 @@ mod tests {
     fn the_write_connection_has_the_litestream_settings() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/bot.db");
-        let (conn, readers, _) = open_blocking(&path, StoreOptions::default()).unwrap();
+        let (conn, readers, _, _) = open_blocking(&path, StoreOptions::default()).unwrap();
         let pragma = |name: &str| -> String {
             conn.query_row(&format!("PRAGMA {name}"), [], |r| {
                 r.get::<_, rusqlite::types::Value>(0)
@@ -558,7 +597,7 @@ mod tests {
             litestream_checkpoints: false,
             ..StoreOptions::default()
         };
-        let (conn, _, _) = open_blocking(&dir.path().join("plain.db"), plain).unwrap();
+        let (conn, _, _, _) = open_blocking(&dir.path().join("plain.db"), plain).unwrap();
         let n: i64 = conn
             .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
             .unwrap();

@@ -7,7 +7,7 @@
 //! first (insertion order) and posts each with a Discord nonce derived from the key. Rows of a
 //! guild move with the guild; DM rows have no guild.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::Error;
@@ -92,13 +92,20 @@ pub(crate) fn insert(
 }
 
 /// Marks a row sent; returns whether it changed (false for an unknown key or a repeat).
-pub(crate) fn mark_sent(conn: &Connection, key: &str, message_id: u64) -> Result<bool, Error> {
-    let changed = conn
+/// Marks a row sent; `Some(its guild)` when it was unsent until now (`Some(None)` for a DM).
+pub(crate) fn mark_sent(
+    conn: &Connection,
+    key: &str,
+    message_id: u64,
+) -> Result<Option<Option<u64>>, Error> {
+    let marked = conn
         .prepare_cached(
-            "UPDATE outbox SET sent_message_id = ?2 WHERE key = ?1 AND sent_message_id IS NULL",
+            "UPDATE outbox SET sent_message_id = ?2 WHERE key = ?1 AND sent_message_id IS NULL
+             RETURNING guild_id",
         )?
-        .execute(params![key, message_id])?;
-    Ok(changed > 0)
+        .query_row(params![key, message_id], |r| r.get::<_, Option<u64>>(0))
+        .optional()?;
+    Ok(marked)
 }
 
 /// Unsent rows, oldest first.

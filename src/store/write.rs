@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::guilds::GuildExport;
 use super::moderation::ModActionKind;
 use super::outbox::OutboxMessage;
+use super::GuildVersion;
 use crate::ownership::GuildId;
 
 /// One change to the store. Variants that come from a gateway event or an interaction carry an
@@ -192,6 +193,16 @@ pub enum Write {
     ImportGuild(GuildExport),
     /// Removes every row of a guild from every guild table.
     DeleteGuild(GuildId),
+    /// Removes every row of a guild, but only if nothing of it changed since `version` was
+    /// read ([`super::Store::export_guild_versioned`]); otherwise fails with
+    /// [`super::Error::GuildChanged`] and changes nothing. The handoff deletes this way, so a
+    /// row written after the export is never lost.
+    DeleteGuildIfUnchanged {
+        /// The guild.
+        guild_id: GuildId,
+        /// The version the export was taken at.
+        version: GuildVersion,
+    },
     /// Sets a pod-level metadata value (e.g. the topology the pod runs under).
     SetMeta {
         /// The key.
@@ -214,6 +225,7 @@ impl Write {
             | Write::ModAction { guild_id, .. }
             | Write::Report { guild_id, .. }
             | Write::Setup { guild_id, .. }
+            | Write::DeleteGuildIfUnchanged { guild_id, .. }
             | Write::DeleteGuild(guild_id) => Some(*guild_id),
             Write::ImportGuild(export) => Some(export.guild_id),
             Write::DmHelp { .. }
@@ -240,6 +252,7 @@ impl Write {
             Write::PurgeMessageContent { .. } => "purge_message_content",
             Write::ImportGuild(_) => "import_guild",
             Write::DeleteGuild(_) => "delete_guild",
+            Write::DeleteGuildIfUnchanged { .. } => "delete_guild_if_unchanged",
             Write::SetMeta { .. } => "set_meta",
         }
     }

@@ -4,7 +4,9 @@
 //! takes everything queued (up to the batch cap), applies it in ONE transaction with a savepoint
 //! per write (one failing write is rolled back alone), commits, and only then answers each
 //! caller: group commit, so "acknowledged" means committed, and a burst of writes costs one
-//! commit. [`WriterStats`] records batch sizes and commit latency for the metrics.
+//! commit. After each commit it records in the guild index ([`super::index`]) which guilds the
+//! batch changed.
+//! [`WriterStats`] records batch sizes and commit latency for the metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::deletions::CachedMessage;
+use super::index::{Change, GuildIndex};
 use super::moderation::{ModAction, Report, SettingsRow};
 use super::write::{Applied, Write};
 use super::{activity, deletions, dm_help, guilds, meta, moderation, outbox, snowflake_ms};
-use super::{Error, StoreOptions};
+use super::{Error, GuildVersion, StoreOptions};
+use crate::ownership::GuildId;
 
 /// Upper bounds of the batch-size buckets.
 const BATCH_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
@@ -144,6 +148,7 @@ impl Handle {
 pub(crate) fn spawn(
     conn: Connection,
     purge_cutoff: Option<u64>,
+    index: Arc<GuildIndex>,
     options: StoreOptions,
 ) -> Result<Handle, Error> {
     let queue = options.queue.max(1);
@@ -152,6 +157,7 @@ pub(crate) fn spawn(
     let worker = Worker {
         conn,
         purge_cutoff,
+        index,
         batch_cap: options.batch_cap.max(1),
         stats: stats.clone(),
     };
@@ -166,6 +172,8 @@ struct Worker {
     conn: Connection,
     /// The message-cache purge cutoff, mirrored from `meta` (only this thread writes it).
     purge_cutoff: Option<u64>,
+    /// The held guilds and their versions, updated after each commit.
+    index: Arc<GuildIndex>,
     batch_cap: usize,
     stats: Arc<Counters>,
 }
@@ -218,6 +226,8 @@ impl Worker {
         let started = Instant::now();
         let size = batch.len() as u64;
         let mut cutoff = self.purge_cutoff;
+        let mut changes = Vec::new();
+        let index = &self.index;
         let outcome = (|| -> Result<Vec<Result<Applied, Error>>, rusqlite::Error> {
             let mut tx = self
                 .conn
@@ -227,9 +237,16 @@ impl Worker {
                 let result = (|| -> Result<Applied, Error> {
                     let sp = tx.savepoint()?;
                     let mut op_cutoff = cutoff;
-                    let applied = apply_one(&sp, write, &mut op_cutoff)?;
+                    let (applied, change) =
+                        apply_one(&sp, write, &mut op_cutoff, |guild, version| {
+                            // Unchanged: the committed version is the one exported, and no
+                            // write earlier in this batch touched the guild.
+                            index.version(guild) == Some(version)
+                                && !changes.iter().any(|c: &Change| c.concerns(guild))
+                        })?;
                     sp.commit()?;
                     cutoff = op_cutoff;
+                    changes.extend(change);
                     Ok(applied)
                 })();
                 if let Err(e) = &result {
@@ -249,6 +266,7 @@ impl Worker {
         match outcome {
             Ok(results) => {
                 self.purge_cutoff = cutoff;
+                self.index.apply(&changes);
                 s.commits.fetch_add(1, Ordering::Relaxed);
                 for ((_, reply), result) in batch.into_iter().zip(results) {
                     if result.is_ok() {
@@ -272,10 +290,18 @@ impl Worker {
     }
 }
 
-/// Applies one write inside the current savepoint. `cutoff` is the message-cache purge cutoff;
-/// a purge raises it.
-fn apply_one(conn: &Connection, write: &Write, cutoff: &mut Option<u64>) -> Result<Applied, Error> {
+/// Applies one write inside the current savepoint and says what it changed for the guild
+/// index. `cutoff` is the message-cache purge cutoff; a purge raises it. `unchanged` tells
+/// whether a guild is still at a given version.
+fn apply_one(
+    conn: &Connection,
+    write: &Write,
+    cutoff: &mut Option<u64>,
+    unchanged: impl Fn(GuildId, GuildVersion) -> bool,
+) -> Result<(Applied, Option<Change>), Error> {
     let mut applied = Applied::default();
+    // Most writes change rows of the guild they name; the exceptions say so below.
+    let mut change = write.guild_id().map(Change::Touched);
     let outbox_messages = match write {
         Write::MessageCreated {
             guild_id,
@@ -451,18 +477,29 @@ fn apply_one(conn: &Connection, write: &Write, cutoff: &mut Option<u64>) -> Resu
             day,
             outbox,
         } => {
+            // Not guild data: DMs belong to no guild.
             applied.changed = dm_help::record(conn, *user_id, *channel_id, *day)?;
             // At most one help reply per user and day, whatever the key.
             applied.changed.then_some(outbox)
         }
         Write::OutboxSent { key, message_id } => {
-            applied.changed = outbox::mark_sent(conn, key, *message_id)?;
+            // A sent mark changes the guild's outbox row: an export taken before it must not
+            // be deleted after it, or the new owner would hold the post as unsent.
+            let marked = outbox::mark_sent(conn, key, *message_id)?;
+            applied.changed = marked.is_some();
+            change = marked.flatten().map(|g| Change::Touched(GuildId(g)));
             None
         }
         Write::PurgeMessageContent { older_than_ms } => {
             let new = cutoff.map_or(*older_than_ms, |c| c.max(*older_than_ms));
             applied.changed |= meta::set(conn, meta::PURGE_CUTOFF_KEY, &new.to_string())?;
-            applied.changed |= deletions::purge(conn, new)? > 0;
+            let purged = deletions::purge(conn, new)? > 0;
+            applied.changed |= purged;
+            // Purged rows may have been all some guild had.
+            change = purged
+                .then(|| guilds::guild_ids(conn))
+                .transpose()?
+                .map(Change::Rescanned);
             *cutoff = Some(new);
             None
         }
@@ -472,6 +509,15 @@ fn apply_one(conn: &Connection, write: &Write, cutoff: &mut Option<u64>) -> Resu
         }
         Write::DeleteGuild(guild_id) => {
             applied.changed = guilds::delete(conn, *guild_id)? > 0;
+            change = Some(Change::Removed(*guild_id));
+            None
+        }
+        Write::DeleteGuildIfUnchanged { guild_id, version } => {
+            if !unchanged(*guild_id, *version) {
+                return Err(Error::GuildChanged(*guild_id));
+            }
+            applied.changed = guilds::delete(conn, *guild_id)? > 0;
+            change = Some(Change::Removed(*guild_id));
             None
         }
         Write::SetMeta { key, value } => {
@@ -485,7 +531,8 @@ fn apply_one(conn: &Connection, write: &Write, cutoff: &mut Option<u64>) -> Resu
     if let Some(messages) = outbox_messages {
         applied.outbox_enqueued = outbox::enqueue(conn, messages)?;
     }
-    Ok(applied)
+    let change = change.filter(|_| applied.changed || applied.outbox_enqueued > 0);
+    Ok((applied, change))
 }
 
 fn delete_message(
