@@ -11,6 +11,11 @@ use crate::ownership::{GuildId, Ordinal, Topology};
 /// must defer it (answer "deferred" and edit the original response later).
 pub const DEADLINE_HEADER: &str = "x-guildshard-deadline-ms";
 
+/// Header on a guild export carrying the version of the guild's rows the export was taken at;
+/// the puller sends it back as `DELETE /internal/v1/guilds/{id}?if_version=<version>`, so the
+/// previous owner deletes only if nothing changed since.
+pub const GUILD_VERSION_HEADER: &str = "x-guildshard-guild-version";
+
 /// What a gateway pod reports at `GET /internal/v1/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -48,6 +53,13 @@ pub struct StatusReport {
     /// Resharding handoff progress.
     #[serde(default)]
     pub handoff: HandoffProgress,
+    /// A random number drawn when the process started: a change means the pod restarted
+    /// between two polls, even if no poll saw it down.
+    #[serde(default)]
+    pub instance: u64,
+    /// Since when this process's gateway receives events (Unix ms).
+    #[serde(default)]
+    pub receiving_since_ms: Option<u64>,
 }
 
 /// What the resharding coordinator of one pod has done and still has to do.
@@ -63,6 +75,54 @@ pub struct HandoffProgress {
     pub replicas_pending: Vec<u32>,
     /// The last handoff error, if the last attempt failed.
     pub last_error: Option<String>,
+}
+
+/// What a pod processes from a moment on: logged (field `window`, as JSON) each time it
+/// changes, so that afterwards anyone can check that every guild always had a processing pod.
+///
+/// A pod processes an event of guild `g` at time `t` if it is receiving (`receiving_since_ms
+/// <= t`) and `g` belongs to it under `current` or `previous`, or belongs to a covered ordinal
+/// whose cover started at or before `t`. The record holds until the pod's next record, or
+/// until the process ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessingWindow {
+    /// The pod.
+    pub ordinal: Ordinal,
+    /// When this record begins (Unix ms).
+    pub at_ms: u64,
+    /// Since when the pod's gateway sessions receive events; `None` while they do not
+    /// (starting, or closed at shutdown).
+    pub receiving_since_ms: Option<u64>,
+    /// The topology the pod runs under.
+    pub current: Topology,
+    /// The topology it still processes its previous guilds under, until convergence.
+    pub previous: Option<Topology>,
+    /// Down peers it covers, each with the time from which their events are processed
+    /// (earlier events still held are replayed when the cover starts).
+    pub covering: Vec<(Ordinal, u64)>,
+}
+
+/// A one-off replay: a pod processed the events it had held of `for_ordinal`'s guilds received
+/// between `from_ms` and `to_ms`, because that pod restarted between two polls and missed
+/// them. Logged (field `replayed`, as JSON) like [`ProcessingWindow`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayedWindow {
+    /// The pod that replayed.
+    pub ordinal: Ordinal,
+    /// When it took the held events (Unix ms): nothing received later was replayed.
+    pub at_ms: u64,
+    /// The replaying pod's topology, which says which guilds are `for_ordinal`'s.
+    pub current: Topology,
+    /// And its previous topology, until convergence.
+    pub previous: Option<Topology>,
+    /// The pod whose events were replayed.
+    pub for_ordinal: Ordinal,
+    /// From (Unix ms).
+    pub from_ms: u64,
+    /// To (Unix ms).
+    pub to_ms: u64,
+    /// Since when the replaying pod received events (it holds nothing from before).
+    pub receiving_since_ms: Option<u64>,
 }
 
 /// `GET /internal/v1/guilds`: the guilds a pod holds rows for.

@@ -1,6 +1,7 @@
-//! Elastic resharding (issue 7) on a local cluster of real pod processes, with the emulator's
-//! traffic generator running while the pod count changes: afterwards every guild's rows live
-//! on exactly its owner and the union of the pods' data is what the generator emitted.
+//! Elastic resharding on a local cluster of real pod processes, with the emulator's traffic
+//! generator running throughout: afterwards every guild's rows live on exactly its owner, the
+//! union of the pods' data is what the generator emitted, and the pods' logged processing
+//! windows show that no guild was ever without a processing pod.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -9,9 +10,11 @@ use guildshard::emulator::{EventKind, TrafficRequest};
 use guildshard::local_cluster::LocalCluster;
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 use guildshard::reshard::plan::{generated_snowflakes, Plan};
+use guildshard::reshard::topology::now_ms;
 
 use crate::support::cluster::{self, activity_by_pod, logs};
 use crate::support::eventually::{eventually, patience};
+use crate::support::windows;
 
 /// Bound of one rescale (start, roll, converge); each step is itself bounded.
 const RESCALE_LIMIT: Duration = Duration::from_secs(60);
@@ -39,14 +42,15 @@ fn start_traffic(cluster: &LocalCluster, seed: u64) {
         .expect("traffic starts");
 }
 
-/// Where each counted message lives, or why the final state is not reached yet.
+/// Where each counted message lives among the running pods, or why the final state is not
+/// reached yet. (Volumes of removed ordinals are kept, as the StatefulSet keeps their PVCs,
+/// but they are no longer part of the cluster's data.)
 fn placement(
     cluster: &LocalCluster,
     topology: Topology,
     expected: &BTreeSet<(u64, u64)>,
 ) -> Result<(), String> {
-    let ordinals: Vec<u32> = (0..topology.pods.get() + 3).collect();
-    let by_pod = activity_by_pod(cluster, &ordinals);
+    let by_pod = activity_by_pod(cluster, &cluster.running());
     let mut union: BTreeMap<(u64, u64), u32> = BTreeMap::new();
     for (ordinal, rows) in &by_pod {
         for &(guild, message) in rows {
@@ -77,11 +81,45 @@ fn placement(
     Ok(())
 }
 
+/// Asserts that every guild had a processing pod from `from_ms` to `to_ms`, by the windows
+/// the pods logged and the lives of their processes.
+fn assert_no_gap(cluster: &LocalCluster, dir: &std::path::Path, from_ms: u64, to_ms: u64) {
+    let guilds: Vec<GuildId> = cluster
+        .emulator()
+        .guilds()
+        .iter()
+        .map(|g| GuildId(g.id))
+        .collect();
+    let recorded = windows::read(cluster.log_dir());
+    let gaps = windows::gaps(cluster.lives(), &recorded, &guilds, from_ms, to_ms);
+    if let Some(first) = gaps.first() {
+        // The records around the first gap, to see who should have covered it.
+        let near: Vec<String> = recorded
+            .windows
+            .values()
+            .flatten()
+            .filter(|w| w.at_ms + 5_000 >= first.from_ms && w.at_ms <= first.to_ms + 5_000)
+            .map(|w| format!("{w:?}"))
+            .chain(recorded.replays.iter().map(|r| format!("{r:?}")))
+            .collect();
+        panic!(
+            "{} gaps in processing between {from_ms} and {to_ms}, e.g. {:?}\nlives: {:?}\n\
+             window records near the first:\n{}\n{}",
+            gaps.len(),
+            &gaps[..gaps.len().min(5)],
+            cluster.lives(),
+            near.join("\n"),
+            logs(dir)
+        );
+    }
+}
+
 /// Runs `from` pods, rescales to `to` with traffic flowing, and checks the final placement.
 async fn rescale_under_traffic(strategy: Strategy, from: u32, to: u32, seed: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let _serial = cluster::serial().await;
     let mut cluster = cluster::start_with(dir.path(), from, 60, strategy, &[], false).await;
+    let traffic_from = now_ms();
     start_traffic(&cluster, seed);
     eventually("traffic before the change", || async {
         (expected_messages(&cluster).len() > 100).then_some(())
@@ -96,7 +134,9 @@ async fn rescale_under_traffic(strategy: Strategy, from: u32, to: u32, seed: u64
         (expected_messages(&cluster).len() > at_change + 100).then_some(())
     })
     .await;
+    let traffic_to = now_ms();
     cluster.emulator().stop_traffic();
+    assert_no_gap(&cluster, dir.path(), traffic_from, traffic_to);
     let topology = Topology::new(strategy, to).expect("to > 0");
     let expected = expected_messages(&cluster);
     let deadline = tokio::time::Instant::now() + patience();
@@ -114,6 +154,15 @@ async fn rescale_under_traffic(strategy: Strategy, from: u32, to: u32, seed: u64
         guildshard::reshard::status::Verdict::Converged
     );
     assert_eq!(cluster.running(), (0..to).collect::<Vec<_>>());
+    // Scaled down in the runbook's order: the removed ordinals were drained before they
+    // stopped, so their kept volumes hold nothing.
+    for (ordinal, rows) in activity_by_pod(&cluster, &(to..from).collect::<Vec<_>>()) {
+        assert!(
+            rows.is_empty(),
+            "removed gateway-{ordinal} kept {} rows",
+            rows.len()
+        );
+    }
     cluster.shutdown().await;
 }
 
@@ -181,12 +230,15 @@ async fn a_new_owner_killed_mid_handoff_converges_to_the_same_final_state() {
         (!emulator.traffic_status().running).then_some(())
     })
     .await;
-    let expected = expected_messages(&cluster);
     let two = Topology::new(Strategy::Md5, 2).expect("2");
     eventually("every message recorded before the change", || async {
-        placement(&cluster, two, &expected).ok()
+        placement(&cluster, two, &expected_messages(&cluster)).ok()
     })
     .await;
+    // Traffic keeps flowing through the whole change, the kill included: what gateway-2 was
+    // processing when it died is covered by its peers, from the moment it was last seen live.
+    let traffic_from = now_ms();
+    start_traffic(&cluster, 36);
 
     // Scale up by hand so the new owner can be killed while it pulls.
     cluster.set_num_gateway_pods(3);
@@ -204,6 +256,15 @@ async fn a_new_owner_killed_mid_handoff_converges_to_the_same_final_state() {
     if let Err(err) = cluster.wait_converged(RESCALE_LIMIT).await {
         panic!("{err} (killed at {interrupted:?})\n{}", logs(dir.path()));
     }
+    let at_change = expected_messages(&cluster).len();
+    eventually("traffic after the change", || async {
+        (expected_messages(&cluster).len() > at_change + 100).then_some(())
+    })
+    .await;
+    let traffic_to = now_ms();
+    cluster.emulator().stop_traffic();
+    assert_no_gap(&cluster, dir.path(), traffic_from, traffic_to);
+    let expected = expected_messages(&cluster);
     let three = Topology::new(Strategy::Md5, 3).expect("3");
     let deadline = tokio::time::Instant::now() + patience();
     while let Err(last) = placement(&cluster, three, &expected) {
@@ -261,5 +322,76 @@ async fn status_command_prints_the_table_and_waits_for_convergence() {
         verdict.starts_with("blocked: gateway-2 unreachable"),
         "{stdout}"
     );
+    cluster.shutdown().await;
+}
+
+/// The operator lowers the StatefulSet's replicas first (gateway-3, then gateway-2 stop before
+/// they drained), and only then `NUM_GATEWAY_PODS`. The removed ordinals' guilds are then held
+/// only by their Litestream replicas (and, for what arrived after they stopped, by the peers
+/// that covered them): the new owners restore the replicas and nothing is lost, with traffic
+/// running throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_in_the_wrong_order_recovers_the_removed_pods_guilds_from_their_replicas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
+    let store = tokio::task::block_in_place(|| {
+        crate::support::objstore::start_object_store(&dir.path().join("s3"))
+    });
+    let mut cluster = cluster::start_replicated(dir.path(), 4, 60, Strategy::Md5, &store).await;
+    let traffic_from = now_ms();
+    start_traffic(&cluster, 37);
+    eventually("every pod holds messages", || async {
+        let by_pod = activity_by_pod(&cluster, &[0, 1, 2, 3]);
+        by_pod.values().all(|rows| rows.len() >= 20).then_some(())
+    })
+    .await;
+
+    // Wrong order: replicas 4 -> 2 first (highest ordinal first, as the StatefulSet does).
+    for ordinal in [3, 2] {
+        assert_eq!(
+            cluster.stop_pod(ordinal, Duration::from_secs(25)).await,
+            Some(0)
+        );
+    }
+    // Then NUM_GATEWAY_PODS 4 -> 2: the env change rolls the remaining pods.
+    cluster.set_num_gateway_pods(2);
+    for ordinal in [1, 0] {
+        if let Err(err) = cluster.roll_pod(ordinal, patience()).await {
+            panic!("{err}\n{}", logs(dir.path()));
+        }
+    }
+    if let Err(err) = cluster.wait_converged(RESCALE_LIMIT).await {
+        panic!("{err}\n{}", logs(dir.path()));
+    }
+    let restored: u64 = futures::future::join_all((0..2).map(|o| cluster.status(o)))
+        .await
+        .into_iter()
+        .map(|s| s.expect("status").handoff.restored)
+        .sum();
+    assert!(
+        restored > 0,
+        "the removed ordinals' guilds came back from their replicas"
+    );
+    let at_change = expected_messages(&cluster).len();
+    eventually("traffic after the change", || async {
+        (expected_messages(&cluster).len() > at_change + 100).then_some(())
+    })
+    .await;
+    let traffic_to = now_ms();
+    cluster.emulator().stop_traffic();
+    assert_no_gap(&cluster, dir.path(), traffic_from, traffic_to);
+
+    let two = Topology::new(Strategy::Md5, 2).expect("2");
+    let expected = expected_messages(&cluster);
+    let deadline = tokio::time::Instant::now() + patience();
+    while let Err(last) = placement(&cluster, two, &expected) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "final state not reached after a wrong-order scale-down: {last}\nverdict: {}\n{}",
+            cluster.verdict().await,
+            logs(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     cluster.shutdown().await;
 }

@@ -1,5 +1,7 @@
 //! The serenity event handler: every dispatch is classified, passes the ownership filter, and
-//! only then reaches a feature. Errors are logged and counted; they never stop the pod.
+//! only then reaches a feature; what the pod does not process is held a few seconds for a
+//! possible cover ([`crate::gateway::replay`]). Errors are logged and counted; they never stop
+//! the pod.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,9 +10,10 @@ use serenity::client::{Context, RawEventHandler};
 use serenity::model::event::Event;
 use tracing::{debug, warn, Instrument};
 
-use crate::gateway::classify::classify;
-use crate::gateway::features;
+use crate::gateway::classify::{classify, Classified};
+use crate::gateway::features::{self, now_ms};
 use crate::gateway::pod::Pod;
+use crate::gateway::replay::Admitted;
 
 /// Receives every dispatch of every shard this pod runs.
 pub struct Handler {
@@ -46,6 +49,7 @@ impl RawEventHandler for Handler {
             Event::Ready(ready) => {
                 pod.identifies.fetch_add(1, Ordering::Relaxed);
                 pod.connected.store(true, Ordering::Relaxed);
+                pod.ownership.set_receiving(true);
                 pod.metrics.gateway_ready.inc();
                 tracing::info!(pod = %pod.name, shard = ?ready.ready.shard.map(|s| s.id.0), session = %ready.ready.session_id, "gateway session ready");
             }
@@ -56,32 +60,41 @@ impl RawEventHandler for Handler {
             }
             _ => {}
         }
-        if !pod.ownership.processes(class.guild) {
-            return;
-        }
-        pod.metrics.owned(&class.kind);
-        // Registered before any work so shutdown waits for this event before flushing.
-        let _inflight = pod.inflight.token();
-        // serenity runs each handler as its own task, outside the pod's span: name the pod here.
-        let span = tracing::info_span!(
-            "event",
-            pod = %pod.name,
-            kind = %class.kind,
-            guild_id = class.guild.map(|g| g.0),
-        );
-        match features::dispatch(pod, event).instrument(span).await {
-            Ok(()) => pod.metrics.handled(&class.kind),
-            Err(err) => {
-                pod.metrics
-                    .events_failed
-                    .get_or_create(&crate::gateway::metrics::EventLabels {
-                        kind: class.kind.clone(),
-                    })
-                    .inc();
-                pod.record_error(&err);
-                warn!(kind = %class.kind, guild_id = class.guild.map(|g| g.0), cause = %err, "event handling failed");
+        match pod.replay.admit(&pod.ownership, class, now_ms(), event) {
+            Admitted::Process(class, event) => handle_owned(pod, &class, event).await,
+            Admitted::Held(true) => {
+                pod.metrics.events_hold_overflow.inc();
             }
+            Admitted::Held(false) | Admitted::Dropped => {}
         }
-        debug!(kind = %class.kind, "event done");
     }
+}
+
+/// Handles a dispatch this pod processes (live, or replayed for a new cover): the feature
+/// that owns it writes, and the outcome is counted. Errors are logged; they never stop the pod.
+pub(crate) async fn handle_owned(pod: &Pod, class: &Classified, event: Event) {
+    pod.metrics.owned(&class.kind);
+    // Registered before any work so shutdown waits for this event before flushing.
+    let _inflight = pod.inflight.token();
+    // serenity runs each handler as its own task, outside the pod's span: name the pod here.
+    let span = tracing::info_span!(
+        "event",
+        pod = %pod.name,
+        kind = %class.kind,
+        guild_id = class.guild.map(|g| g.0),
+    );
+    match features::dispatch(pod, event).instrument(span).await {
+        Ok(()) => pod.metrics.handled(&class.kind),
+        Err(err) => {
+            pod.metrics
+                .events_failed
+                .get_or_create(&crate::gateway::metrics::EventLabels {
+                    kind: class.kind.clone(),
+                })
+                .inc();
+            pod.record_error(&err);
+            warn!(kind = %class.kind, guild_id = class.guild.map(|g| g.0), cause = %err, "event handling failed");
+        }
+    }
+    debug!(kind = %class.kind, "event done");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,9 +19,11 @@ use tracing::warn;
 use crate::config::Secret;
 use crate::gateway::commands;
 use crate::gateway::pod::Pod;
-use crate::ownership::{owner, GuildId};
+use crate::ownership::{owner, GuildId, Ordinal};
+use crate::store::GuildVersion;
 use crate::wire::{
     ErrorBody, HeldGuilds, InteractionOutcome, NotOwner, StatusReport, DEADLINE_HEADER,
+    GUILD_VERSION_HEADER,
 };
 
 /// Largest interaction body accepted (Discord's payloads are a few KiB; resolved messages can
@@ -39,6 +41,8 @@ pub enum ApiError {
     BadRequest(String),
     /// The guild belongs to another pod.
     NotOwner(NotOwner),
+    /// The request conflicts with the guild's current state (it changed since an export).
+    Conflict(String),
     /// Something failed inside the pod; the details go to the log, not the caller.
     Internal(String),
 }
@@ -57,6 +61,9 @@ impl IntoResponse for ApiError {
                 (StatusCode::BAD_REQUEST, Json(ErrorBody { error: why })).into_response()
             }
             ApiError::NotOwner(body) => (StatusCode::CONFLICT, Json(body)).into_response(),
+            ApiError::Conflict(why) => {
+                (StatusCode::CONFLICT, Json(ErrorBody { error: why })).into_response()
+            }
             ApiError::Internal(cause) => {
                 warn!(cause = %cause, "internal API request failed");
                 (
@@ -73,7 +80,10 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::Error> for ApiError {
     fn from(err: crate::store::Error) -> Self {
-        ApiError::Internal(err.to_string())
+        match err {
+            crate::store::Error::GuildChanged(_) => ApiError::Conflict(err.to_string()),
+            err => ApiError::Internal(err.to_string()),
+        }
     }
 }
 
@@ -149,18 +159,15 @@ fn not_owner(pod: &Pod, guild: GuildId) -> ApiError {
 pub async fn status_report(pod: &Pod) -> StatusReport {
     let processing = pod.ownership.processing();
     let totals = pod.metrics.totals();
-    let guild_ids = pod.store.guild_ids().await.unwrap_or_default();
+    let guilds_held = pod.store.guilds_held() as u64;
     let standby = !processing.current.is_member(pod.ordinal());
     let handoff = pod.coordinator.progress();
-    let held_foreign = guild_ids
-        .iter()
-        .filter(|g| !pod.ownership.owns(**g))
-        .count() as u64;
+    let held_foreign = pod.guilds_held_foreign().await;
     let state = if pod.stopping.load(Ordering::Relaxed) {
         "stopping"
     } else if processing.previous.is_some() {
         "transitioning"
-    } else if standby && !guild_ids.is_empty() {
+    } else if standby && guilds_held > 0 {
         "draining"
     } else if standby {
         "standby"
@@ -176,7 +183,7 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
         state: state.to_owned(),
         ready: pod.is_ready(),
         guilds_owned: pod.guilds_owned(),
-        guilds_held: guild_ids.len() as u64,
+        guilds_held,
         handoff_pending: held_foreign,
         events_seen: totals.seen.load(Ordering::Relaxed),
         events_owned: totals.owned.load(Ordering::Relaxed),
@@ -186,6 +193,8 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
         last_error: pod.last_error(),
         covering: pod.ownership.covering().into_iter().collect(),
         handoff,
+        instance: pod.instance,
+        receiving_since_ms: pod.ownership.snapshot().receiving_since_ms,
     }
 }
 
@@ -232,19 +241,37 @@ async fn export(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let guild = parse_guild(&id)?;
-    let export = state.pod.store.export_guild(guild).await?;
+    let (version, export) = state.pod.store.export_guild_versioned(guild).await?;
     // A previous owner serves what it holds; a pod that neither owns nor holds the guild
     // points the caller at the owner.
     if !state.pod.ownership.processes(Some(guild)) && export.rows() == 0 {
         return Err(not_owner(&state.pod, guild));
     }
-    Ok(Json(export).into_response())
+    let mut response = Json(export).into_response();
+    if let Some(version) = version.and_then(|v| v.to_string().parse().ok()) {
+        response.headers_mut().insert(GUILD_VERSION_HEADER, version);
+    }
+    Ok(response)
 }
 
-async fn held_guilds(State(state): State<ApiState>) -> Result<Json<HeldGuilds>, ApiError> {
+#[derive(serde::Deserialize)]
+struct HeldQuery {
+    /// Only the guilds this ordinal owns under this pod's current topology.
+    owner: Option<u32>,
+}
+
+async fn held_guilds(
+    State(state): State<ApiState>,
+    Query(query): Query<HeldQuery>,
+) -> Result<Json<HeldGuilds>, ApiError> {
+    let mut guild_ids = state.pod.store.guild_ids().await?;
+    if let Some(o) = query.owner {
+        let topology = state.pod.ownership.processing().current;
+        guild_ids.retain(|g| owner(*g, topology) == Ordinal(o));
+    }
     Ok(Json(HeldGuilds {
         ordinal: state.pod.ordinal(),
-        guild_ids: state.pod.store.guild_ids().await?,
+        guild_ids,
     }))
 }
 
@@ -267,11 +294,23 @@ async fn guild_stats(
     .into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct DeleteQuery {
+    /// Delete only if the guild is still at this version (from the export's header).
+    if_version: Option<String>,
+}
+
 async fn delete_guild(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    Query(query): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let guild = parse_guild(&id)?;
+    let if_version = query
+        .if_version
+        .map(|v| v.parse::<GuildVersion>())
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // Deleting a guild this pod still owns would lose its data, and deleting one it still
     // processes (previous topology, or covering a down peer) would lose rows written after the
     // caller's export: only a pod that no longer processes the guild deletes its copy.
@@ -281,11 +320,14 @@ async fn delete_guild(
         )));
     }
     let before = state.pod.store.row_counts(guild).await?;
-    state
-        .pod
-        .store
-        .apply(crate::store::Write::DeleteGuild(guild))
-        .await?;
+    let write = match if_version {
+        Some(version) => crate::store::Write::DeleteGuildIfUnchanged {
+            guild_id: guild,
+            version,
+        },
+        None => crate::store::Write::DeleteGuild(guild),
+    };
+    state.pod.store.apply(write).await?;
     Ok(
         Json(serde_json::json!({ "guild_id": guild.to_string(), "deleted": before }))
             .into_response(),

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub interactions: Family<EventLabels, Counter>,
     /// Guilds this pod has seen and owns.
     pub guilds_owned: Gauge,
+    /// Dispatches replayed from the held window when a cover of a down peer started.
+    pub events_replayed: Counter,
+    /// Dispatches dropped from the held window before their time was up (it was full).
+    pub events_hold_overflow: Counter,
     totals: Totals,
 }
 
@@ -84,6 +88,8 @@ impl Metrics {
             outbox_sent: Counter::default(),
             interactions: Family::default(),
             guilds_owned: Gauge::default(),
+            events_replayed: Counter::default(),
+            events_hold_overflow: Counter::default(),
             totals: Totals::default(),
             registry: Registry::default(),
         };
@@ -141,6 +147,16 @@ impl Metrics {
             "guilds_owned",
             "Guilds seen that this pod owns",
             m.guilds_owned.clone(),
+        );
+        registry.register(
+            "gateway_events_replayed",
+            "Dispatches replayed when covering a peer that went down",
+            m.events_replayed.clone(),
+        );
+        registry.register(
+            "gateway_events_hold_overflow",
+            "Unprocessed dispatches dropped early because the replay window was full",
+            m.events_hold_overflow.clone(),
         );
         Metrics { registry, ..m }
     }

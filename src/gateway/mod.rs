@@ -11,6 +11,7 @@
 
 pub mod classify;
 pub mod commands;
+pub mod cover;
 pub mod discord;
 pub mod features;
 pub mod handler;
@@ -18,8 +19,8 @@ pub mod internal_api;
 pub mod metrics;
 pub mod outbox;
 pub mod pod;
+pub mod replay;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,6 +123,7 @@ async fn run_pod(
     ));
     let pod = Arc::new(Pod {
         name: pod_name.clone(),
+        instance: rand::random(),
         ownership,
         coordinator: coordinator.clone(),
         store: store.clone(),
@@ -132,7 +134,9 @@ async fn run_pod(
         stopping: AtomicBool::new(false),
         connected: AtomicBool::new(false),
         identifies: AtomicU64::new(0),
-        guilds: Mutex::new(HashSet::new()),
+        guilds: Mutex::new(pod::SeenGuilds::default()),
+        held_foreign: Mutex::new(None),
+        replay: replay::ReplayBuffer::default(),
         last_error: Mutex::new(None),
         command_delay: cfg.command_delay,
     });
@@ -164,12 +168,14 @@ async fn run_pod(
             .run(background.cancelled())
             .instrument(tracing::info_span!("reshard")),
     );
+    let covers = tokio::spawn(cover::run(pod.clone(), background.cancelled()).in_current_span());
 
     shutdown.cancelled().await;
     info!("shutting down: closing the gateway, draining handlers, flushing the database");
     pod.stopping.store(true, Ordering::Relaxed);
     // Keep processing until a peer covers this pod's guilds (DESIGN §7, cover while down).
     coordinator.await_cover(AWAIT_COVER).await;
+    pod.ownership.set_receiving(false);
     shards.close().await;
     pod.inflight.close();
     if tokio::time::timeout(DRAIN_HANDLERS, pod.inflight.wait())
@@ -182,6 +188,7 @@ async fn run_pod(
     let _ = outbox.await;
     let _ = purge.await;
     let _ = resharding.await;
+    let _ = covers.await;
     store.close().await?;
     servers.trigger();
     let _ = public.await;

@@ -20,6 +20,8 @@ use crate::store::Store;
 pub struct Pod {
     /// `gateway-<ordinal>`.
     pub name: String,
+    /// Drawn at random when the process starts: peers tell a restart from it.
+    pub instance: u64,
     /// What this pod processes.
     pub ownership: Arc<OwnershipView>,
     /// The resharding coordinator (cover, convergence, handoff).
@@ -40,8 +42,14 @@ pub struct Pod {
     pub connected: AtomicBool,
     /// IDENTIFYs sent (sessions started) since the pod started.
     pub identifies: AtomicU64,
-    /// Guilds this pod has seen a GUILD_CREATE for and processes.
-    pub guilds: Mutex<HashSet<GuildId>>,
+    /// Guilds this pod has seen a GUILD_CREATE for and processes, and how many of them it owns
+    /// (kept with the set: a pod's current topology never changes while it runs).
+    pub guilds: Mutex<SeenGuilds>,
+    /// `(held generation, held guilds this pod does not own)`: recounted only when the set of
+    /// held guilds changes, not on every status poll.
+    pub held_foreign: Mutex<Option<(u64, u64)>>,
+    /// What this pod received but did not process, for covers that start in the past.
+    pub replay: crate::gateway::replay::ReplayBuffer,
     /// The last error worth reporting in status.
     pub last_error: Mutex<Option<String>>,
     /// Artificial delay before executing a command (fault injection for deadline tests).
@@ -76,27 +84,60 @@ impl Pod {
             .clone()
     }
 
-    /// Notes that a guild this pod processes is present.
+    /// Notes that a guild this pod processes is present (or gone).
     pub fn guild_seen(&self, guild: GuildId, present: bool) {
         let mut guilds = self
             .guilds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if present {
-            guilds.insert(guild);
+        let changed = if present {
+            guilds.present.insert(guild)
         } else {
-            guilds.remove(&guild);
+            guilds.present.remove(&guild)
+        };
+        if changed && self.ownership.owns(guild) {
+            if present {
+                guilds.owned += 1;
+            } else {
+                guilds.owned -= 1;
+            }
         }
-        let owned = guilds.iter().filter(|g| self.ownership.owns(**g)).count();
-        self.metrics.guilds_owned.set(owned as i64);
+        self.metrics.guilds_owned.set(guilds.owned as i64);
     }
 
     /// Guilds seen that this pod owns under its current topology.
     pub fn guilds_owned(&self) -> u64 {
-        let guilds = self
-            .guilds
+        self.guilds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .owned
+    }
+
+    /// Held guilds this pod does not own (still to hand off, or copies from covering a peer).
+    pub async fn guilds_held_foreign(&self) -> u64 {
+        let generation = self.store.held_generation();
+        let cached = *self
+            .held_foreign
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guilds.iter().filter(|g| self.ownership.owns(**g)).count() as u64
+        if let Some((_, foreign)) = cached.filter(|(seen, _)| *seen == generation) {
+            return foreign;
+        }
+        let held = self.store.guild_ids().await.unwrap_or_default();
+        let foreign = held.iter().filter(|g| !self.ownership.owns(**g)).count() as u64;
+        *self
+            .held_foreign
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((generation, foreign));
+        foreign
     }
+}
+
+/// The guilds a pod has seen, and how many of them it owns.
+#[derive(Debug, Default)]
+pub struct SeenGuilds {
+    /// Present (GUILD_CREATE seen, no GUILD_DELETE since).
+    pub present: HashSet<GuildId>,
+    /// How many of `present` this pod owns.
+    pub owned: u64,
 }

@@ -189,6 +189,8 @@ mod tests {
             last_error: None,
             covering: Vec::new(),
             handoff: Default::default(),
+            instance: 0,
+            receiving_since_ms: None,
         }
     }
 

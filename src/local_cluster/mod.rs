@@ -41,6 +41,7 @@ pub use self::tools::Tools;
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::ownership::{Ordinal, Strategy, Topology};
 use crate::reshard::status::{self, Verdict};
+use crate::reshard::topology::now_ms;
 use crate::shutdown::Shutdown;
 use crate::wire::StatusReport;
 
@@ -102,6 +103,19 @@ pub enum Error {
     },
 }
 
+/// One gateway process's life as the cluster saw it: its processing windows (logged by the
+/// pod) hold only within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodLife {
+    /// The pod.
+    pub ordinal: u32,
+    /// Just before it was spawned (Unix ms).
+    pub started_ms: u64,
+    /// After it exited on SIGTERM, or just before it was killed (Unix ms); `None` while it
+    /// runs.
+    pub ended_ms: Option<u64>,
+}
+
 /// The emulator, the gateway pods and the HTTP service, running.
 pub struct LocalCluster {
     cfg: ClusterConfig,
@@ -113,6 +127,8 @@ pub struct LocalCluster {
     pods: BTreeMap<u32, ChildProcess>,
     /// Each running pod's Litestream sidecar, when replication is on.
     sidecars: BTreeMap<u32, Sidecar>,
+    /// Every gateway process started so far.
+    lives: Vec<PodLife>,
     num_gateway_pods: u32,
     http: Option<ChildProcess>,
     internal_token: String,
@@ -152,6 +168,7 @@ impl LocalCluster {
             proxy_shutdown,
             pods: BTreeMap::new(),
             sidecars: BTreeMap::new(),
+            lives: Vec::new(),
             http: None,
             // Random per cluster, so a stray process of another run cannot talk to this one.
             internal_token: format!("local-{:032x}", rand::random::<u128>()),
@@ -279,6 +296,7 @@ impl LocalCluster {
             env.retain(|(existing, _)| existing != k);
             env.push((k.clone(), v.clone()));
         }
+        let started_ms = now_ms();
         let child = spawn_child(
             &self.cfg.binary,
             &["gateway"],
@@ -293,6 +311,11 @@ impl LocalCluster {
         }
         info!(pod = %name, internal = ?child.addr("internal"), "pod started");
         self.pods.insert(ordinal, child);
+        self.lives.push(PodLife {
+            ordinal,
+            started_ms,
+            ended_ms: None,
+        });
         Ok(())
     }
 
@@ -312,6 +335,7 @@ impl LocalCluster {
             Some(pod) => pod.terminate(grace).await,
             None => None,
         };
+        self.ended(ordinal, now_ms());
         if let Some(sidecar) = self.sidecars.remove(&ordinal) {
             if !sidecar.stop().await {
                 warn!(ordinal, "litestream sidecar did not stop cleanly");
@@ -323,12 +347,34 @@ impl LocalCluster {
     /// kill -9 the pod, its sidecar with it (the node died: no final sync).
     pub async fn kill_pod(&mut self, ordinal: u32) {
         self.directory_mut().remove(&ordinal);
+        self.ended(ordinal, now_ms());
         if let Some(pod) = self.pods.remove(&ordinal) {
             pod.kill().await;
         }
         if let Some(sidecar) = self.sidecars.remove(&ordinal) {
             sidecar.kill().await;
         }
+    }
+
+    fn ended(&mut self, ordinal: u32, at_ms: u64) {
+        if let Some(life) = self
+            .lives
+            .iter_mut()
+            .rev()
+            .find(|l| l.ordinal == ordinal && l.ended_ms.is_none())
+        {
+            life.ended_ms = Some(at_ms);
+        }
+    }
+
+    /// Every gateway process started so far, in start order.
+    pub fn lives(&self) -> &[PodLife] {
+        &self.lives
+    }
+
+    /// Where the pods' and the HTTP service's logs are.
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.cfg.log_dir
     }
 
     /// Deletes a stopped pod's volume: its database, WAL and Litestream's local state.

@@ -16,7 +16,7 @@ use crate::wire::{HandoffProgress, StatusReport};
 use super::handoff::{self, Pulled};
 use super::peers::Peers;
 use super::replica::{self, ReplicaConfig, Restored};
-use super::topology::{OwnershipView, Processing};
+use super::topology::{now_ms, OwnershipView, Processing, ReplayRequest};
 use super::Error;
 
 /// The meta key holding the topology this pod last ran under.
@@ -30,6 +30,10 @@ pub const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Ordinals probed beyond those that own (or owned, since this pod started) guilds, to find
 /// draining or standby pods after the previous topology is forgotten.
 pub const PROBE_BEYOND: u32 = 8;
+/// A down peer's guilds are covered from this long before it was last seen live: what it
+/// received just before then may not have been committed when it died, and a covering pod
+/// replays what it kept of that time.
+pub const COVER_MARGIN: Duration = Duration::from_secs(2);
 
 /// Reads the stored topologies, records `current`, and returns what the pod processes: the
 /// current topology and, until the transition converges, the one it ran under before. A pod
@@ -72,9 +76,11 @@ pub struct Coordinator {
     progress: Mutex<HandoffProgress>,
     /// For each guild this pod owns that peers still hold: which peers (on-demand pulls).
     holders: Mutex<BTreeMap<GuildId, BTreeSet<Ordinal>>>,
-    /// Peers seen live since this pod started: only those are covered when down, so a cluster
-    /// starting up (or a new ordinal not yet started) does not make every pod process everything.
-    seen_live: Mutex<BTreeSet<Ordinal>>,
+    /// Peers seen live since this pod started: when last (Unix ms), and their process
+    /// instance. Only those are covered when down, so a cluster starting up (or a new ordinal
+    /// not yet started) does not make every pod process everything; a cover starts from that
+    /// time; and a changed instance means the peer restarted unseen.
+    last_live: Mutex<BTreeMap<Ordinal, (u64, u64)>>,
     /// The most ordinals in play since start: draining pods of a forgotten previous topology
     /// are still probed.
     widest: std::sync::atomic::AtomicU32,
@@ -97,7 +103,7 @@ impl Coordinator {
             replica,
             progress: Mutex::new(HandoffProgress::default()),
             holders: Mutex::new(BTreeMap::new()),
-            seen_live: Mutex::new(BTreeSet::new()),
+            last_live: Mutex::new(BTreeMap::new()),
             widest: std::sync::atomic::AtomicU32::new(0),
             pulling: tokio::sync::Mutex::new(()),
         }
@@ -154,31 +160,39 @@ impl Coordinator {
         let reports = self.poll().await;
         let live = |s: &StatusReport| s.ready && s.state != "stopping";
         let in_play = self.view.ordinals_in_play();
-        let covering: BTreeSet<Ordinal> = {
-            let mut seen = self
-                .seen_live
+        let covering: BTreeMap<Ordinal, u64> = {
+            let mut last_live = self
+                .last_live
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            seen.extend(
-                reports
-                    .iter()
-                    .filter(|(_, r)| r.as_ref().is_ok_and(live))
-                    .map(|(o, _)| *o),
-            );
+            let now = now_ms();
+            let margin = COVER_MARGIN.as_millis() as u64;
+            for (o, r) in &reports {
+                let Some(s) = r.as_ref().ok().filter(|s| live(s)) else {
+                    continue;
+                };
+                if let Some((seen_at, instance)) = last_live.insert(*o, (now, s.instance)) {
+                    if instance != s.instance && o.0 < in_play {
+                        // Restarted between two polls: nobody covered it while it was away.
+                        let back = s.receiving_since_ms.unwrap_or(now);
+                        self.view.request_replay(ReplayRequest {
+                            for_ordinal: *o,
+                            from_ms: seen_at.saturating_sub(margin),
+                            to_ms: back + margin,
+                        });
+                    }
+                }
+            }
             reports
                 .iter()
-                .filter(|(o, r)| o.0 < in_play && seen.contains(o) && !r.as_ref().is_ok_and(live))
-                .map(|(o, _)| *o)
+                .filter(|(o, r)| o.0 < in_play && !r.as_ref().is_ok_and(live))
+                .filter_map(|(o, _)| Some((*o, last_live.get(o)?.0.saturating_sub(margin))))
                 .collect()
         };
         if self.view.set_covering(covering.clone()) {
-            let p = self.view.processing();
             info!(
-                window = "processing",
-                current = %p.current,
-                previous = ?p.previous.map(|t| t.to_string()),
-                covering = ?covering.iter().map(|o| o.0).collect::<Vec<_>>(),
-                "processing window changed"
+                covering = ?covering.keys().map(|o| o.0).collect::<Vec<_>>(),
+                "covering changed"
             );
         }
 
@@ -224,7 +238,6 @@ impl Coordinator {
             .await?;
         self.view.converge();
         info!(
-            window = "processing",
             current = %current,
             %previous,
             "transition converged: processing the current topology only"
@@ -267,13 +280,13 @@ impl Coordinator {
                 s.previous_topology.is_none()
                     && s.state != "stopping"
                     && !s.covering.contains(&me)
-                    && s.guilds_held > 0
+                    && s.handoff_pending > 0
             })
             .map(|(o, _)| o)
             .collect();
         let mut holders: BTreeMap<GuildId, BTreeSet<Ordinal>> = BTreeMap::new();
         for &from in &sources {
-            for guild in self.peers.held(from).await? {
+            for guild in self.peers.held(from, me).await? {
                 if owner(guild, current) == me {
                     holders.entry(guild).or_default().insert(from);
                 }

@@ -1,7 +1,9 @@
 //! Moving one guild's copy from a peer to this pod: export there → import here (committed) →
-//! delete there. Each step is idempotent, so the move can be cut at any point (kill -9 of
-//! either side) and simply run again: a repeated import merges to the same rows, and the peer
-//! keeps its copy until the delete succeeds.
+//! delete there, only if the peer's copy is still what was exported (the export carries the
+//! version of the guild's rows, and the delete names it). Each step is idempotent, so the move
+//! can be cut at any point (kill -9 of either side) and simply run again: a repeated import
+//! merges to the same rows, and the peer keeps its copy until the delete succeeds. A peer that
+//! wrote to the guild after the export refuses the delete, and the next pull takes the rest.
 
 use tracing::{debug, info};
 
@@ -21,8 +23,8 @@ pub enum Pulled {
         /// Rows in the peer's export.
         rows: usize,
     },
-    /// Imported here; the peer still processes the guild and kept its copy, so the pull is
-    /// repeated later.
+    /// Imported here; the peer still processes the guild, or wrote to it after the export, and
+    /// kept its copy, so the pull is repeated later.
     ImportedOnly,
 }
 
@@ -38,7 +40,7 @@ pub async fn pull(
     from: Ordinal,
     guild: GuildId,
 ) -> Result<Pulled, Error> {
-    let Some(export) = peers.export(from, guild).await? else {
+    let Some((version, export)) = peers.export(from, guild).await? else {
         return Ok(Pulled::Nothing);
     };
     let rows = export.rows();
@@ -46,7 +48,7 @@ pub async fn pull(
         // `apply` returns once the batch holding the import has committed.
         store.apply(Write::ImportGuild(export)).await?;
     }
-    match peers.delete(from, guild).await? {
+    match peers.delete(from, guild, version).await? {
         Deleted::Yes => {
             info!(rows, "guild pulled");
             Ok(Pulled::Moved { rows })

@@ -20,8 +20,15 @@
 //!    not ready, or `stopping`) under any topology it knows. A pod given SIGTERM first reports
 //!    `stopping`, keeps processing until a peer reports covering it (bounded wait), and only
 //!    then closes its gateway. Overlap is harmless (idempotent writes); the copies written by
-//!    covering pods are merged back by the handoff below. What remains uncovered: a pod killed
-//!    -9 is covered only once its peers notice (one poll interval plus a request timeout).
+//!    covering pods are merged back by the handoff below.
+//!
+//!    **Covers start in the past.** A pod killed -9 is noticed only at its peers' next poll
+//!    (a poll interval plus a request timeout). Every pod runs every Discord shard, so its
+//!    peers received that pod's events all along and dropped them; each pod holds what it
+//!    dropped for a few seconds (`gateway::replay`), and a cover starts at the moment the
+//!    peer was last seen live less [`coordinator::COVER_MARGIN`]: the held events of the
+//!    covered guilds from then on are processed when the cover starts. So the kill -9 window
+//!    is closed as long as detection takes less than the hold (6 s, at most 30 000 events).
 //! 3. **Convergence.** A pod considers the transition converged when every member ordinal
 //!    (`< N`) is live and reports the same topology as this pod, and every other reachable pod
 //!    (ordinals `>= N`, draining) also reports it. It then forgets the previous topology.
@@ -29,14 +36,17 @@
 //!    at every moment each guild has at least one processing pod (its current owner, which
 //!    never stops, or its previous owner, which stops only after the new owner is live).
 //! 4. **Handoff (pull).** Once a pod has no previous topology it reconciles: for each reachable
-//!    peer it lists the guilds the peer holds (`GET /internal/v1/guilds`) and for each one this
-//!    pod owns: export from the peer → import here (idempotent merge, committed) → `DELETE` on
-//!    the peer. The peer refuses the delete while it still *processes* the guild (it would lose
-//!    rows written after the export); the pull is then retried on a later pass. Every step is
-//!    idempotent, so a crash anywhere is recovered by running the pass again: import of rows
-//!    already imported changes nothing, and the peer still holds what was not deleted. The pass
-//!    repeats every poll round, so copies written by covering pods flow back as well.
-//!    Interactions for a guild some peer still holds pull that guild first (on demand).
+//!    peer that holds guilds it does not own, it lists the ones this pod owns
+//!    (`GET /internal/v1/guilds?owner=<me>`) and for each: export from the peer (with the
+//!    version of the guild's rows, header `x-guildshard-guild-version`) → import here
+//!    (idempotent merge, committed) → `DELETE ?if_version=<version>` on the peer. The peer
+//!    deletes only if nothing of the guild changed since the export (its writer checks the
+//!    version atomically with the delete), and refuses while it still *processes* the guild;
+//!    either way the pull is retried on a later pass, which takes what was written meanwhile.
+//!    Every step is idempotent, so a crash anywhere is recovered by running the pass again:
+//!    import of rows already imported changes nothing, and the peer still holds what was not
+//!    deleted. The pass repeats every poll round, so copies written by covering pods flow back
+//!    as well. Interactions for a guild some peer still holds pull that guild first (on demand).
 //! 5. **Replica fallback.** At convergence a pod records (`reshard.replicas_pending`) the
 //!    ordinals of the previous topology that are no longer members and are unreachable: they
 //!    were removed before draining, or their volume is gone. For each it restores that ordinal's
@@ -49,10 +59,13 @@
 //!    `guildshard status` shows them empty.
 //!
 //! # Invariants
-//! - No gap: at every instant each guild has a processing pod (except a kill -9 window of one
-//!   poll interval, see 2).
+//! - No gap: at every instant each guild has a processing pod; after a kill -9 the peers'
+//!   covers start before the moment of death (see 2). Every pod logs each change of what it
+//!   processes as a `ProcessingWindow` (field `window`), and the resharding tests check the
+//!   logged windows of every pod process for gaps.
 //! - No loss by handoff: a pod deletes a guild only after the new owner committed the import,
-//!   and only while it no longer processes the guild.
+//!   only if no row of the guild changed since the export, and only while it no longer
+//!   processes the guild.
 //! - No double count: all writes are keyed by snowflakes, so imports and overlap merge.
 //! - Restartable: the only state that must survive a crash is `topology` and
 //!   `topology.previous` (and the pending replica list); everything else is recomputed from the

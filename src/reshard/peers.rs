@@ -7,8 +7,8 @@ use reqwest::StatusCode;
 
 use crate::config::{Secret, UrlTemplate};
 use crate::ownership::{GuildId, Ordinal};
-use crate::store::GuildExport;
-use crate::wire::{HeldGuilds, StatusReport};
+use crate::store::{GuildExport, GuildVersion};
+use crate::wire::{HeldGuilds, StatusReport, GUILD_VERSION_HEADER};
 
 use super::Error;
 
@@ -30,7 +30,8 @@ pub struct Peers {
 pub enum Deleted {
     /// The peer deleted its copy.
     Yes,
-    /// The peer still processes (or owns) the guild and kept its copy.
+    /// The peer still processes (or owns) the guild, or the guild changed since the export:
+    /// it kept its copy.
     Refused,
 }
 
@@ -69,19 +70,20 @@ impl Peers {
         Self::ok_json(ordinal, "status", resp).await
     }
 
-    /// `GET /internal/v1/guilds`: the guilds the peer holds rows for.
+    /// `GET /internal/v1/guilds?owner=<owner>`: the guilds the peer holds rows for that
+    /// `owner` owns under the peer's topology.
     ///
     /// # Errors
     /// [`Error::Peer`] as for [`Peers::status`].
-    pub async fn held(&self, ordinal: Ordinal) -> Result<Vec<GuildId>, Error> {
-        let resp = self
-            .send(ordinal, "/internal/v1/guilds", REQUEST_TIMEOUT)
-            .await?;
+    pub async fn held(&self, ordinal: Ordinal, owner: Ordinal) -> Result<Vec<GuildId>, Error> {
+        let path = format!("/internal/v1/guilds?owner={}", owner.0);
+        let resp = self.send(ordinal, &path, REQUEST_TIMEOUT).await?;
         let held: HeldGuilds = Self::ok_json(ordinal, "guilds", resp).await?;
         Ok(held.guild_ids)
     }
 
-    /// `GET /internal/v1/guilds/{id}/export`; `None` when the peer holds nothing of it.
+    /// `GET /internal/v1/guilds/{id}/export`, with the version of the guild's rows it was
+    /// taken at; `None` when the peer holds nothing of it.
     ///
     /// # Errors
     /// [`Error::Peer`] as for [`Peers::status`], or when the export is for another guild.
@@ -89,13 +91,22 @@ impl Peers {
         &self,
         ordinal: Ordinal,
         guild: GuildId,
-    ) -> Result<Option<GuildExport>, Error> {
+    ) -> Result<Option<(Option<GuildVersion>, GuildExport)>, Error> {
         let path = format!("/internal/v1/guilds/{guild}/export");
         let resp = self.send(ordinal, &path, EXPORT_TIMEOUT).await?;
         if matches!(resp.status(), StatusCode::CONFLICT | StatusCode::NOT_FOUND) {
             // Neither held nor processed there: nothing to pull.
             return Ok(None);
         }
+        let version = match resp.headers().get(GUILD_VERSION_HEADER) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| Self::err(ordinal, format!("bad {GUILD_VERSION_HEADER}")))?,
+            ),
+        };
         let export: GuildExport = Self::ok_json(ordinal, "export", resp).await?;
         if export.guild_id != guild {
             return Err(Self::err(
@@ -103,17 +114,24 @@ impl Peers {
                 format!("export for guild {guild} came back for {}", export.guild_id),
             ));
         }
-        Ok(Some(export))
+        Ok(Some((version, export)))
     }
 
-    /// `DELETE /internal/v1/guilds/{id}`.
+    /// `DELETE /internal/v1/guilds/{id}[?if_version=<version>]`: with a version, the peer
+    /// deletes only if the guild is still at it.
     ///
     /// # Errors
     /// [`Error::Peer`] as for [`Peers::status`].
-    pub async fn delete(&self, ordinal: Ordinal, guild: GuildId) -> Result<Deleted, Error> {
+    pub async fn delete(
+        &self,
+        ordinal: Ordinal,
+        guild: GuildId,
+        if_version: Option<GuildVersion>,
+    ) -> Result<Deleted, Error> {
+        let query = if_version.map_or(String::new(), |v| format!("?if_version={v}"));
         let resp = self
             .client
-            .delete(self.url(ordinal, &format!("/internal/v1/guilds/{guild}")))
+            .delete(self.url(ordinal, &format!("/internal/v1/guilds/{guild}{query}")))
             .bearer_auth(self.token.expose())
             .timeout(REQUEST_TIMEOUT)
             .send()

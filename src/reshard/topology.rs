@@ -6,12 +6,22 @@
 //! topology.
 //!
 //! While a peer ordinal is down, a pod also processes that ordinal's guilds ("cover", see the
-//! protocol in [`crate::reshard`]).
+//! protocol in [`crate::reshard`]), from the moment the peer was last seen live: events
+//! received since then and not processed are replayed by the gateway when the cover starts.
+//!
+//! Every change of the view is stamped, logged as a [`ProcessingWindow`] (so the windows can
+//! be checked afterwards: no guild without a processing pod) and announced
+//! ([`OwnershipView::subscribe`]), so the gateway can replay what a new cover needs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::info;
 
 use crate::ownership::{owner, owner_of_event, GuildId, Ordinal, Topology};
+use crate::wire::{ProcessingWindow, ReplayedWindow};
 
 /// The topologies a pod processes guilds under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,12 +32,46 @@ pub struct Processing {
     pub previous: Option<Topology>,
 }
 
+/// Everything a pod's view holds, as one consistent snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewState {
+    /// The topologies in force.
+    pub processing: Processing,
+    /// Down peers whose guilds this pod processes, each with the time (Unix ms) from which
+    /// their events are processed: when the peer was last seen live, less a margin.
+    pub covering: BTreeMap<Ordinal, u64>,
+    /// Since when the pod's gateway receives events (Unix ms); `None` while it does not.
+    pub receiving_since_ms: Option<u64>,
+    /// When this state began (Unix ms).
+    pub changed_at_ms: u64,
+}
+
 /// A pod's live view of what it processes; read on every event, changed rarely.
 #[derive(Debug)]
 pub struct OwnershipView {
     ordinal: Ordinal,
-    processing: RwLock<Processing>,
-    covering: RwLock<BTreeSet<Ordinal>>,
+    state: RwLock<ViewState>,
+    /// One-off replays asked for and not yet done.
+    replays: std::sync::Mutex<Vec<ReplayRequest>>,
+    changes: watch::Sender<u64>,
+}
+
+/// Replay what is held of `for_ordinal`'s guilds, received between `from_ms` and `to_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayRequest {
+    /// The pod that missed them.
+    pub for_ordinal: Ordinal,
+    /// From (Unix ms).
+    pub from_ms: u64,
+    /// To (Unix ms).
+    pub to_ms: u64,
+}
+
+/// Now, Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl OwnershipView {
@@ -35,8 +79,14 @@ impl OwnershipView {
     pub fn new(ordinal: Ordinal, processing: Processing) -> Self {
         OwnershipView {
             ordinal,
-            processing: RwLock::new(processing),
-            covering: RwLock::new(BTreeSet::new()),
+            state: RwLock::new(ViewState {
+                processing,
+                covering: BTreeMap::new(),
+                receiving_since_ms: None,
+                changed_at_ms: now_ms(),
+            }),
+            replays: std::sync::Mutex::new(Vec::new()),
+            changes: watch::channel(0).0,
         }
     }
 
@@ -45,42 +95,128 @@ impl OwnershipView {
         self.ordinal
     }
 
-    /// The topologies in force.
-    pub fn processing(&self) -> Processing {
-        // A poisoned lock only means a writer panicked mid-assignment of a Copy value; the
-        // value itself is always whole, so keep serving it.
-        *self
-            .processing
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ViewState> {
+        // A poisoned lock only means a writer panicked mid-assignment; every assignment below
+        // replaces whole values, so keep serving the state.
+        self.state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the state with `f`; if it changed, stamps, logs and announces it.
+    fn change(&self, f: impl FnOnce(&mut ViewState)) -> bool {
+        let changed = {
+            let mut state = self
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = state.clone();
+            f(&mut state);
+            if *state == before {
+                None
+            } else {
+                state.changed_at_ms = now_ms();
+                Some(state.clone())
+            }
+        };
+        let Some(state) = changed else {
+            return false;
+        };
+        let window = ProcessingWindow {
+            ordinal: self.ordinal,
+            at_ms: state.changed_at_ms,
+            receiving_since_ms: state.receiving_since_ms,
+            current: state.processing.current,
+            previous: state.processing.previous,
+            covering: state.covering.iter().map(|(o, t)| (*o, *t)).collect(),
+        };
+        info!(
+            window = %serde_json::to_string(&window).unwrap_or_default(),
+            "processing window"
+        );
+        self.changes.send_modify(|generation| *generation += 1);
+        true
+    }
+
+    /// Asks for a one-off replay (a peer restarted between two polls and missed what arrived
+    /// meanwhile); logged as a [`ReplayedWindow`] and announced like a change.
+    pub fn request_replay(&self, request: ReplayRequest) {
+        let state = self.snapshot();
+        let window = ReplayedWindow {
+            ordinal: self.ordinal,
+            at_ms: now_ms(),
+            current: state.processing.current,
+            previous: state.processing.previous,
+            for_ordinal: request.for_ordinal,
+            from_ms: request.from_ms,
+            to_ms: request.to_ms,
+            receiving_since_ms: state.receiving_since_ms,
+        };
+        self.replays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(request);
+        info!(
+            replayed = %serde_json::to_string(&window).unwrap_or_default(),
+            "replay of a restarted peer's events"
+        );
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// The replays asked for since the last call.
+    pub fn take_replay_requests(&self) -> Vec<ReplayRequest> {
+        std::mem::take(
+            &mut *self
+                .replays
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Records that the gateway receives events from now on (`true`: its first session is
+    /// ready) or no longer does (`false`: it is closing).
+    pub fn set_receiving(&self, receiving: bool) {
+        self.change(|s| match (receiving, s.receiving_since_ms) {
+            (true, None) => s.receiving_since_ms = Some(now_ms()),
+            (false, Some(_)) => s.receiving_since_ms = None,
+            _ => {}
+        });
+    }
+
+    /// A receiver that sees every change of the view.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The whole state, consistently.
+    pub fn snapshot(&self) -> ViewState {
+        self.read().clone()
+    }
+
+    /// The topologies in force.
+    pub fn processing(&self) -> Processing {
+        self.read().processing
     }
 
     /// Ends a transition: only the current topology counts from now on.
     pub fn converge(&self) {
-        let mut p = self
-            .processing
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        p.previous = None;
+        self.change(|s| s.processing.previous = None);
     }
 
     /// The peer ordinals whose guilds this pod processes while they are down.
     pub fn covering(&self) -> BTreeSet<Ordinal> {
-        self.covering
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.read().covering.keys().copied().collect()
     }
 
-    /// Replaces the set of covered ordinals; returns whether it changed.
-    pub fn set_covering(&self, covering: BTreeSet<Ordinal>) -> bool {
-        let mut c = self
-            .covering
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let changed = *c != covering;
-        *c = covering;
-        changed
+    /// Replaces the covered ordinals (each with the time its events are processed from);
+    /// an ordinal already covered keeps its original time. Returns whether the set changed.
+    pub fn set_covering(&self, covering: BTreeMap<Ordinal, u64>) -> bool {
+        self.change(|s| {
+            s.covering = covering
+                .into_iter()
+                .map(|(o, since)| (o, s.covering.get(&o).copied().unwrap_or(since)))
+                .collect();
+        })
     }
 
     /// Every ordinal that owns a guild under the current or previous topology.
@@ -100,16 +236,26 @@ impl OwnershipView {
     /// Whether this pod processes an event of `guild` (`None`: a guild-less event, which
     /// ordinal 0 handles).
     pub fn processes(&self, guild: Option<GuildId>) -> bool {
-        let p = self.processing();
-        let covering = self
-            .covering
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let under = |t: Topology| {
-            let o = owner_of_event(guild, t);
-            o == self.ordinal || covering.contains(&o)
-        };
-        under(p.current) || p.previous.is_some_and(under)
+        self.read().processes(self.ordinal, guild)
+    }
+}
+
+impl ViewState {
+    /// Whether `ordinal`, in this state, processes an event of `guild`.
+    pub fn processes(&self, ordinal: Ordinal, guild: Option<GuildId>) -> bool {
+        self.belongs(guild, |o| o == ordinal || self.covering.contains_key(&o))
+    }
+
+    /// Whether an event of `guild` belongs to `ordinal` under the current or previous
+    /// topology.
+    pub fn belongs_to(&self, guild: Option<GuildId>, ordinal: Ordinal) -> bool {
+        self.belongs(guild, |o| o == ordinal)
+    }
+
+    fn belongs(&self, guild: Option<GuildId>, to: impl Fn(Ordinal) -> bool) -> bool {
+        let p = self.processing;
+        to(owner_of_event(guild, p.current))
+            || p.previous.is_some_and(|t| to(owner_of_event(guild, t)))
     }
 }
 
@@ -165,12 +311,17 @@ mod tests {
             .iter()
             .filter(|g| of_two(g))
             .any(|g| !view.processes(Some(*g))));
-        assert!(view.set_covering([Ordinal(2)].into()));
+        assert!(view.set_covering([(Ordinal(2), 5)].into()));
         assert!(guilds
             .iter()
             .filter(|g| of_two(g))
             .all(|g| view.processes(Some(*g))));
-        assert!(!view.set_covering([Ordinal(2)].into()));
+        assert!(!view.set_covering([(Ordinal(2), 9)].into()));
+        assert_eq!(
+            view.snapshot().covering[&Ordinal(2)],
+            5,
+            "a cover keeps its start"
+        );
         assert_eq!(view.ordinals_in_play(), 5);
     }
 

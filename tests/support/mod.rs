@@ -6,3 +6,4 @@ pub mod cluster;
 pub mod eventually;
 pub mod objstore;
 pub mod process;
+pub mod windows;

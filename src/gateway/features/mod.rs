@@ -54,6 +54,21 @@ pub async fn dispatch(pod: &Pod, event: Event) -> Result<(), FeatureError> {
     }
 }
 
+/// Whether [`dispatch`] records anything for this event, so that a pod covering a peer that
+/// went down has reason to replay it (GUILD_CREATE/DELETE only track presence).
+pub fn replayable(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::MessageCreate(_)
+            | Event::MessageUpdate(_)
+            | Event::MessageDelete(_)
+            | Event::MessageDeleteBulk(_)
+            | Event::GuildMemberAdd(_)
+            | Event::GuildMemberRemove(_)
+            | Event::GuildAuditLogEntryCreate(_)
+    )
+}
+
 /// Now, Unix milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
