@@ -372,6 +372,30 @@ async fn a_scale_down_in_the_wrong_order_recovers_the_removed_pods_guilds_from_t
         restored > 0,
         "the removed ordinals' guilds came back from their replicas"
     );
+    // And the metrics say the same.
+    let mut scraped = 0;
+    for ordinal in 0..2 {
+        let public = cluster
+            .pod(ordinal)
+            .and_then(|p| p.addr("public"))
+            .expect("public");
+        let text = reqwest::get(format!("http://{public}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        let series = format!("guildshard_handoff_restored_total{{pod=\"gateway-{ordinal}\"}} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        scraped += line[series.len()..].trim().parse::<u64>().expect("a count");
+        assert!(text.contains(&format!(
+            "guildshard_handoff_pending_pull{{pod=\"gateway-{ordinal}\"}}"
+        )));
+    }
+    assert_eq!(scraped, restored);
     let at_change = expected_messages(&cluster).len();
     eventually("traffic after the change", || async {
         (expected_messages(&cluster).len() > at_change + 100).then_some(())

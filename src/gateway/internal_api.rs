@@ -348,6 +348,14 @@ async fn metrics(State(pod): State<Arc<Pod>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        pod.metrics.encode(&pod.name, &pod.store.writer_stats()),
+        pod.metrics.encode(
+            &pod.name,
+            &pod.store.writer_stats(),
+            &crate::gateway::metrics::Resharding {
+                handoff: pod.coordinator.progress(),
+                covering: pod.ownership.covering().len(),
+                transitioning: pod.ownership.processing().previous.is_some(),
+            },
+        ),
     )
 }

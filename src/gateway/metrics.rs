@@ -194,18 +194,84 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric, plus the store writer's figures.
-    pub fn encode(&self, pod: &str, writer: &WriterStats) -> String {
+    pub fn encode(&self, pod: &str, writer: &WriterStats, resharding: &Resharding) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        // The writer keeps its own counters (it lives below this module); render them in the
-        // same exposition, before the OpenMetrics end marker.
+        // The writer and the resharding coordinator keep their own state (they live below
+        // this module); render it in the same exposition, before the OpenMetrics end marker.
         let body_end = out.rfind("# EOF").unwrap_or(out.len());
         out.truncate(body_end);
         let _ = encode_writer(&mut out, pod, writer);
+        let _ = encode_resharding(&mut out, pod, resharding);
         out.push_str("# EOF\n");
         out
     }
+}
+
+/// What the resharding coordinator reports at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct Resharding {
+    /// Handoff progress.
+    pub handoff: crate::wire::HandoffProgress,
+    /// Down peers this pod covers.
+    pub covering: usize,
+    /// Whether the pod still processes a previous topology.
+    pub transitioning: bool,
+}
+
+fn encode_resharding(out: &mut String, pod: &str, r: &Resharding) -> std::fmt::Result {
+    let h = &r.handoff;
+    for (name, help, value) in [
+        (
+            "guildshard_handoff_pulled",
+            "Guild copies pulled from peers (imported here, deleted there)",
+            h.pulled,
+        ),
+        (
+            "guildshard_handoff_restored",
+            "Guilds imported from departed ordinals' Litestream replicas",
+            h.restored,
+        ),
+    ] {
+        writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total{{pod=\"{pod}\"}} {value}"
+        )?;
+    }
+    for (name, help, value) in [
+        (
+            "guildshard_handoff_pending_pull",
+            "Guilds this pod owns that peers still hold",
+            h.pending_pull,
+        ),
+        (
+            "guildshard_handoff_replicas_pending",
+            "Departed ordinals whose replica is still to be restored",
+            h.replicas_pending.len() as u64,
+        ),
+        (
+            "guildshard_handoff_failing",
+            "1 while the last handoff step failed (see the status report's last error)",
+            u64::from(h.last_error.is_some()),
+        ),
+        (
+            "guildshard_covering_peers",
+            "Down peers whose guilds this pod processes",
+            r.covering as u64,
+        ),
+        (
+            "guildshard_topology_transitioning",
+            "1 while the pod still processes its previous topology's guilds",
+            u64::from(r.transitioning),
+        ),
+    ] {
+        writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} gauge\n{name}{{pod=\"{pod}\"}} {value}"
+        )?;
+    }
+    Ok(())
 }
 
 fn encode_writer(out: &mut String, pod: &str, w: &WriterStats) -> std::fmt::Result {
