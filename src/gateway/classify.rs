@@ -5,6 +5,8 @@
 //! that maps an event to its guild (DESIGN §2: `d.id` for GUILD_CREATE/UPDATE/DELETE, `d.guild_id`
 //! otherwise); the ownership filter runs on its answer before any other work.
 
+use std::borrow::Cow;
+
 use serenity::model::event::Event;
 
 use crate::ownership::GuildId;
@@ -12,8 +14,9 @@ use crate::ownership::GuildId;
 /// A dispatch's name and guild (`None` for guild-less events such as DMs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Classified {
-    /// The dispatch name, as Discord spells it.
-    pub kind: String,
+    /// The dispatch name, as Discord spells it (borrowed for every event serenity knows, so
+    /// classifying allocates nothing).
+    pub kind: Cow<'static, str>,
     /// The guild it belongs to.
     pub guild: Option<GuildId>,
 }
@@ -81,7 +84,7 @@ pub fn classify(event: &Event) -> Classified {
                 .and_then(|v| v.as_str())
                 .and_then(|s| s.parse().ok());
             return Classified {
-                kind: e.kind.clone(),
+                kind: Cow::Owned(e.kind.clone()),
                 guild,
             };
         }
@@ -90,7 +93,7 @@ pub fn classify(event: &Event) -> Classified {
         _ => ("OTHER", None),
     };
     Classified {
-        kind: kind.to_owned(),
+        kind: Cow::Borrowed(kind),
         guild,
     }
 }

@@ -77,7 +77,9 @@ pub(crate) async fn handle_owned(pod: &Pod, class: &Classified, event: Event) {
     // Registered before any work so shutdown waits for this event before flushing.
     let _inflight = pod.inflight.token();
     // serenity runs each handler as its own task, outside the pod's span: name the pod here.
-    let span = tracing::info_span!(
+    // Debug level: at the default level a span per event costs more than the filter saves,
+    // and nothing on this path logs below `warn`, which names pod, kind and guild itself.
+    let span = tracing::debug_span!(
         "event",
         pod = %pod.name,
         kind = %class.kind,
@@ -89,11 +91,11 @@ pub(crate) async fn handle_owned(pod: &Pod, class: &Classified, event: Event) {
             pod.metrics
                 .events_failed
                 .get_or_create(&crate::gateway::metrics::EventLabels {
-                    kind: class.kind.clone(),
+                    kind: class.kind.clone().into_owned(),
                 })
                 .inc();
             pod.record_error(&err);
-            warn!(kind = %class.kind, guild_id = class.guild.map(|g| g.0), cause = %err, "event handling failed");
+            warn!(pod = %pod.name, kind = %class.kind, guild_id = class.guild.map(|g| g.0), cause = %err, "event handling failed");
         }
     }
     debug!(kind = %class.kind, "event done");

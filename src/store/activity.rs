@@ -17,7 +17,7 @@
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
-use super::{utc_date, Error};
+use super::{first_snowflake_at, utc_date, Error};
 use crate::ownership::GuildId;
 
 /// One counted message as exported.
@@ -147,11 +147,11 @@ pub(crate) fn leaderboard(
 ) -> Result<Vec<(u64, u64)>, Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT author_id, count(*) AS n FROM activity
-         WHERE guild_id = ?1 AND created_at_ms >= ?2
+         WHERE guild_id = ?1 AND message_id >= ?2
          GROUP BY author_id ORDER BY n DESC, author_id ASC LIMIT ?3",
     )?;
     let rows = stmt
-        .query_map(params![guild.0, since_ms, limit], |r| {
+        .query_map(params![guild.0, first_snowflake_at(since_ms), limit], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -168,9 +168,9 @@ pub(crate) fn server_stats(
     {
         let mut stmt = conn.prepare_cached(
             "SELECT created_at_ms / 86400000 AS day, count(*) FROM activity
-             WHERE guild_id = ?1 AND created_at_ms >= ?2 GROUP BY day",
+             WHERE guild_id = ?1 AND message_id >= ?2 GROUP BY day",
         )?;
-        let mut rows = stmt.query(params![guild.0, since_ms])?;
+        let mut rows = stmt.query(params![guild.0, first_snowflake_at(since_ms)])?;
         while let Some(r) = rows.next()? {
             days.entry(r.get(0)?).or_default().0 = r.get(1)?;
         }

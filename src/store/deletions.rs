@@ -57,13 +57,39 @@ pub(crate) fn merge(
     row: &CachedMessage,
     cutoff: Option<u64>,
 ) -> Result<bool, Error> {
-    let mut incoming = row.clone();
     // The row's time is always the id's, whichever event (or export) brings it.
-    incoming.created_at_ms = snowflake_ms(incoming.message_id);
-    if cutoff.is_some_and(|c| incoming.created_at_ms < c) {
+    let created_at_ms = snowflake_ms(row.message_id);
+    if cutoff.is_some_and(|c| created_at_ms < c) {
         return Ok(false);
     }
-    // The writer owns the only write connection, so read-merge-write is atomic.
+    // The common case, a message not seen before: merging a row with nothing is the row
+    // itself (without text if it is a tombstone), so one insert does it, with no read.
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO message_cache (guild_id, message_id, channel_id, author_id,
+                                        created_at_ms, content, content_version, deleted_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (guild_id, message_id) DO NOTHING",
+        )?
+        .execute(params![
+            guild.0,
+            row.message_id,
+            row.channel_id,
+            row.author_id,
+            created_at_ms,
+            row.content
+                .as_deref()
+                .filter(|_| row.deleted_at_ms.is_none()),
+            row.content_version,
+            row.deleted_at_ms,
+        ])?;
+    if inserted > 0 {
+        return Ok(true);
+    }
+    let mut incoming = row.clone();
+    incoming.created_at_ms = created_at_ms;
+    // Known already: merge with what is there. The writer owns the only write connection,
+    // so read-merge-write is atomic.
     let old = cached_message(conn, guild, incoming.message_id)?;
     let merged = match &old {
         Some(old) => merge_rows(old, &incoming),

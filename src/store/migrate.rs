@@ -21,11 +21,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Add a file to `migrations/` and a line here.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    sql: include_str!("../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        sql: include_str!("../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_activity_time_from_ids",
+        sql: include_str!("../../migrations/0002_activity_time_from_ids.sql"),
+    },
+];
 
 /// The newest schema version this binary knows.
 pub fn supported_version() -> i64 {

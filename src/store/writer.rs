@@ -168,6 +168,19 @@ pub(crate) fn spawn(
     Ok(Handle { tx, stats, queue })
 }
 
+/// How one attempt at a batch ended.
+enum Attempt {
+    /// Committed: each write's result, what changed for the guild index, and the purge cutoff
+    /// after the batch.
+    Committed {
+        results: Vec<Result<Applied, Error>>,
+        changes: Vec<Change>,
+        cutoff: Option<u64>,
+    },
+    /// Without savepoints a write failed, and the transaction was rolled back.
+    WriteFailed,
+}
+
 struct Worker {
     conn: Connection,
     /// The message-cache purge cutoff, mirrored from `meta` (only this thread writes it).
@@ -222,41 +235,72 @@ impl Worker {
         }
     }
 
+    /// One transaction over `batch`. Without `isolate`, writes run straight in the
+    /// transaction (the common case: no statement journal to keep), and the first failing
+    /// write rolls everything back; with it, each write runs in its own savepoint, so a
+    /// failing write is rolled back alone and reported to its caller.
+    fn attempt(
+        &mut self,
+        batch: &[(Box<Write>, Reply)],
+        isolate: bool,
+    ) -> Result<Attempt, rusqlite::Error> {
+        let mut cutoff = self.purge_cutoff;
+        let mut changes: Vec<Change> = Vec::new();
+        let index = &self.index;
+        // IMMEDIATE: take the write lock at the start (a deferred transaction upgrading later
+        // could fail with SQLITE_BUSY while Litestream checkpoints). Dropped: rolled back.
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for (write, _) in batch {
+            // Unchanged: the committed version is the one exported, and no write earlier in
+            // this batch touched the guild.
+            let unchanged = |guild: GuildId, version: GuildVersion| {
+                index.version(guild) == Some(version) && !changes.iter().any(|c| c.concerns(guild))
+            };
+            let result = if isolate {
+                (|| -> Result<(Applied, Option<Change>), Error> {
+                    let sp = tx.savepoint()?;
+                    let mut op_cutoff = cutoff;
+                    let applied = apply_one(&sp, write, &mut op_cutoff, unchanged)?;
+                    sp.commit()?;
+                    cutoff = op_cutoff;
+                    Ok(applied)
+                })()
+            } else {
+                apply_one(&tx, write, &mut cutoff, unchanged)
+            };
+            match result {
+                Ok((applied, change)) => {
+                    changes.extend(change);
+                    results.push(Ok(applied));
+                }
+                Err(e) if isolate => {
+                    tracing::warn!(cause = %e, write = write.kind(), "store write failed");
+                    results.push(Err(e));
+                }
+                // Dropping the transaction rolls back what the batch did so far.
+                Err(_) => return Ok(Attempt::WriteFailed),
+            }
+        }
+        tx.commit()?;
+        Ok(Attempt::Committed {
+            results,
+            changes,
+            cutoff,
+        })
+    }
+
     fn commit(&mut self, batch: Vec<(Box<Write>, Reply)>) {
         let started = Instant::now();
         let size = batch.len() as u64;
-        let mut cutoff = self.purge_cutoff;
-        let mut changes = Vec::new();
-        let index = &self.index;
-        let outcome = (|| -> Result<Vec<Result<Applied, Error>>, rusqlite::Error> {
-            let mut tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut results = Vec::with_capacity(batch.len());
-            for (write, _) in &batch {
-                let result = (|| -> Result<Applied, Error> {
-                    let sp = tx.savepoint()?;
-                    let mut op_cutoff = cutoff;
-                    let (applied, change) =
-                        apply_one(&sp, write, &mut op_cutoff, |guild, version| {
-                            // Unchanged: the committed version is the one exported, and no
-                            // write earlier in this batch touched the guild.
-                            index.version(guild) == Some(version)
-                                && !changes.iter().any(|c: &Change| c.concerns(guild))
-                        })?;
-                    sp.commit()?;
-                    cutoff = op_cutoff;
-                    changes.extend(change);
-                    Ok(applied)
-                })();
-                if let Err(e) = &result {
-                    tracing::warn!(cause = %e, write = write.kind(), "store write failed");
-                }
-                results.push(result);
-            }
-            tx.commit()?;
-            Ok(results)
-        })();
+        let outcome = match self.attempt(&batch, false) {
+            // A write failed: run the batch again with a savepoint per write, so that write
+            // fails alone and the others commit.
+            Ok(Attempt::WriteFailed) => self.attempt(&batch, true),
+            other => other,
+        };
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let s = &self.stats;
         s.commit_us_sum.fetch_add(micros, Ordering::Relaxed);
@@ -264,7 +308,11 @@ impl Worker {
         s.batch_buckets[bucket(&BATCH_BOUNDS, size)].fetch_add(1, Ordering::Relaxed);
         s.max_batch.fetch_max(size, Ordering::Relaxed);
         match outcome {
-            Ok(results) => {
+            Ok(Attempt::Committed {
+                results,
+                changes,
+                cutoff,
+            }) => {
                 self.purge_cutoff = cutoff;
                 self.index.apply(&changes);
                 s.commits.fetch_add(1, Ordering::Relaxed);
@@ -278,10 +326,15 @@ impl Worker {
                     let _ = reply.send(result);
                 }
             }
-            Err(e) => {
-                tracing::error!(cause = %e, writes = size, "store commit failed");
+            failed => {
+                // An isolated attempt reports failing writes one by one, so `WriteFailed`
+                // here would be a bug; answer it like a failed commit rather than hang.
+                let message = match failed {
+                    Err(e) => e.to_string(),
+                    _ => "a write failed outside its savepoint".to_owned(),
+                };
+                tracing::error!(cause = %message, writes = size, "store commit failed");
                 s.commit_failures.fetch_add(1, Ordering::Relaxed);
-                let message = e.to_string();
                 for (_, reply) in batch {
                     let _ = reply.send(Err(Error::Commit(message.clone())));
                 }
