@@ -5,14 +5,18 @@
 //! Level 5 (above `local_cluster`): a consumer of the whole library, like the binary.
 //!
 //! One file per scenario: [`ownership`] (the hash), [`store`] (the writer and guild export and
-//! import), [`ingest`] (a real gateway pod fed by the emulator), [`memory`] (a pod's RSS against
-//! the guilds it owns), [`failover`] (kill -9 to handling again), and [`pending`] (scenarios that need parts not built yet).
+//! import), [`ingest`] (a real gateway pod fed by the emulator), [`interactions`] (signed
+//! interactions through the HTTP service and the owner pod), [`memory`] (a pod's RSS against
+//! the guilds it owns), [`rescale`] (guild data moving when the pod count changes) and
+//! [`failover`] (kill -9 to handling again, restore from the replica, replication lag).
 
 pub mod failover;
 pub mod ingest;
+pub mod interactions;
 pub mod memory;
 pub mod ownership;
-pub mod pending;
+pub mod rescale;
+pub mod seed;
 pub mod store;
 
 use std::fmt;
@@ -176,8 +180,8 @@ pub async fn run(scenario: Scenario, options: &Options) -> Result<Report, Error>
         Scenario::Store => store::run(options).await?,
         Scenario::Ingest => ingest::run(options).await?,
         Scenario::Memory => memory::run(options).await?,
-        Scenario::Interactions => pending::interactions(),
-        Scenario::Rescale => pending::rescale(),
+        Scenario::Interactions => interactions::run(options).await?,
+        Scenario::Rescale => rescale::run(options).await?,
         Scenario::Failover => failover::run(options).await?,
     };
     Ok(Report {

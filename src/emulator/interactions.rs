@@ -93,6 +93,20 @@ pub(crate) struct InteractionEntry {
     original_message: Option<u64>,
 }
 
+/// A signed interaction request, ready to POST: `body` with the headers
+/// `x-signature-ed25519: signature` and `x-signature-timestamp: timestamp`.
+#[derive(Clone, Debug)]
+pub struct SignedInteraction {
+    /// The interaction id.
+    pub id: u64,
+    /// The JSON body, exactly as signed.
+    pub body: String,
+    /// Unix seconds, as signed.
+    pub timestamp: String,
+    /// Hex Ed25519 signature of `timestamp + body`.
+    pub signature: String,
+}
+
 impl Emulator {
     /// A user runs a command: the interaction is signed, POSTed to the interactions URL and
     /// given 3 s for a valid initial response. Returns the record as it stands then (its
@@ -112,6 +126,33 @@ impl Emulator {
             (id, url, body)
         };
         self.deliver(id, &url, body, 2).await
+    }
+
+    /// The request Discord would send when a user runs `cmd`, without sending it: the body
+    /// and its signature headers (the interaction is recorded, so a deferred answer's callback
+    /// and edits are accepted). For load generators that pre-sign and send on their own clock.
+    ///
+    /// # Errors
+    /// Unknown guild/channel/user/target.
+    pub fn signed_command(&self, cmd: &RunCommand) -> Result<SignedInteraction, Error> {
+        let (id, body) = build_command(&mut self.lock(), cmd)?;
+        let body = body.to_string();
+        let (timestamp, signature) = self.sign(&body);
+        Ok(SignedInteraction {
+            id,
+            body,
+            timestamp,
+            signature,
+        })
+    }
+
+    /// `(timestamp, hex Ed25519 signature of timestamp + body)`, as Discord signs.
+    fn sign(&self, body: &str) -> (String, String) {
+        let timestamp = (now_ms() / 1000).to_string();
+        let mut signed = timestamp.clone().into_bytes();
+        signed.extend_from_slice(body.as_bytes());
+        let signature = hex::encode(self.shared.signing_key.sign(&signed).to_bytes());
+        (timestamp, signature)
     }
 
     /// Sends a PING interaction (what Discord does when the URL is saved); the app must answer
@@ -183,10 +224,7 @@ impl Emulator {
         let deadline =
             Instant::now() + Duration::from_millis(self.shared.cfg.interaction_deadline_ms);
         let raw = body.to_string();
-        let timestamp = (now_ms() / 1000).to_string();
-        let mut signed = timestamp.clone().into_bytes();
-        signed.extend_from_slice(raw.as_bytes());
-        let signature = hex::encode(self.shared.signing_key.sign(&signed).to_bytes());
+        let (timestamp, signature) = self.sign(&raw);
         let request = self
             .shared
             .http

@@ -43,7 +43,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::shutdown::Shutdown;
-pub use interactions::{CommandKind, CommandOption, RunCommand};
+pub use interactions::{CommandKind, CommandOption, RunCommand, SignedInteraction};
 use state::State;
 pub use traffic::{TrafficRequest, TrafficStatus};
 pub use types::{
