@@ -370,7 +370,8 @@ async fn a_scale_down_in_the_wrong_order_recovers_the_removed_pods_guilds_from_t
         .sum();
     assert!(
         restored > 0,
-        "the removed ordinals' guilds came back from their replicas"
+        "the removed ordinals' guilds came back from their replicas\n{}",
+        logs(dir.path())
     );
     // And the metrics say the same.
     let mut scraped = 0;

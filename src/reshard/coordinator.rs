@@ -338,6 +338,9 @@ impl Coordinator {
         reports: &[(Ordinal, Result<StatusReport, Error>)],
     ) -> Result<(), Error> {
         let mut pending = self.replicas_pending().await?;
+        // Reported as read from the store, so a restarted pod shows what it still owes before
+        // its first restore finishes (and `status` does not call it converged).
+        self.progress_mut().replicas_pending = pending.iter().copied().collect();
         if pending.is_empty() {
             return Ok(());
         }

@@ -68,9 +68,13 @@ pub fn verdict(expected: Topology, reports: &[(Ordinal, Result<StatusReport, Str
                         o.0, s.handoff_pending
                     ));
                 }
-                if let Some(err) = &s.handoff.last_error {
-                    if !s.handoff.replicas_pending.is_empty() {
-                        blocked.push(format!("gateway-{}: {err}", o.0));
+                if !s.handoff.replicas_pending.is_empty() {
+                    match &s.handoff.last_error {
+                        Some(err) => blocked.push(format!("gateway-{}: {err}", o.0)),
+                        None => moving.push(format!(
+                            "gateway-{} restores the replicas of gateway-{:?}",
+                            o.0, s.handoff.replicas_pending
+                        )),
                     }
                 }
             }
@@ -127,4 +131,69 @@ pub fn table(reports: &[(Ordinal, Result<StatusReport, String>)]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ownership::Strategy;
+    use crate::wire::HandoffProgress;
+
+    fn report(ordinal: u32, pods: u32, handoff: HandoffProgress) -> StatusReport {
+        StatusReport {
+            ordinal: Ordinal(ordinal),
+            topology: Topology::new(Strategy::Md5, pods).expect("positive"),
+            previous_topology: None,
+            state: "active".into(),
+            ready: true,
+            guilds_owned: 10,
+            guilds_held: 10,
+            handoff_pending: 0,
+            events_seen: 0,
+            events_owned: 0,
+            events_handled: 0,
+            db_size_bytes: 0,
+            identifies: 1,
+            last_error: None,
+            covering: Vec::new(),
+            handoff,
+            instance: 1,
+            receiving_since_ms: Some(1),
+        }
+    }
+
+    fn two() -> Topology {
+        Topology::new(Strategy::Md5, 2).expect("2")
+    }
+
+    #[test]
+    fn a_settled_cluster_is_converged_and_an_unreachable_member_blocks() {
+        let ok = |o| (Ordinal(o), Ok(report(o, 2, HandoffProgress::default())));
+        assert_eq!(verdict(two(), &[ok(0), ok(1)]), Verdict::Converged);
+        let down = (Ordinal(1), Err("connection refused".to_owned()));
+        assert!(matches!(verdict(two(), &[ok(0), down]), Verdict::Blocked(_)));
+    }
+
+    #[test]
+    fn replicas_still_to_restore_are_not_converged_yet() {
+        let pending = HandoffProgress {
+            replicas_pending: vec![2, 3],
+            ..HandoffProgress::default()
+        };
+        let reports = [
+            (Ordinal(0), Ok(report(0, 2, pending.clone()))),
+            (Ordinal(1), Ok(report(1, 2, HandoffProgress::default()))),
+        ];
+        let v = verdict(two(), &reports);
+        assert!(
+            matches!(&v, Verdict::Transitioning(why) if why.contains("restores the replicas")),
+            "{v}"
+        );
+        let failing = HandoffProgress {
+            last_error: Some("litestream restore exited 1".into()),
+            ..pending
+        };
+        let reports = [(Ordinal(0), Ok(report(0, 2, failing))), reports[1].clone()];
+        assert!(matches!(verdict(two(), &reports), Verdict::Blocked(_)));
+    }
 }
