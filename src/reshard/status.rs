@@ -171,7 +171,10 @@ mod tests {
         let ok = |o| (Ordinal(o), Ok(report(o, 2, HandoffProgress::default())));
         assert_eq!(verdict(two(), &[ok(0), ok(1)]), Verdict::Converged);
         let down = (Ordinal(1), Err("connection refused".to_owned()));
-        assert!(matches!(verdict(two(), &[ok(0), down]), Verdict::Blocked(_)));
+        assert!(matches!(
+            verdict(two(), &[ok(0), down]),
+            Verdict::Blocked(_)
+        ));
     }
 
     #[test]
