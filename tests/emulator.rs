@@ -1064,3 +1064,37 @@ async fn serenity_http_parses_every_startup_answer() {
         .expect("bulk overwrite parses");
     assert_eq!(registered.len(), 5);
 }
+
+/// Past 2500 guilds a shard is refused with 4011 (sharding required), and `GET /gateway/bot`
+/// recommends enough shards (one per 1000 guilds) that a client following it is never refused.
+#[tokio::test]
+async fn recommends_enough_shards_and_refuses_an_overloaded_one() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let r = start(EmulatorConfig {
+            guilds: 2501,
+            members_per_guild: 1,
+            channels_per_guild: 3,
+            identify_window_ms: 0,
+            ..EmulatorConfig::default()
+        })
+        .await;
+        let emu = &r.emu;
+        let http = serenity::http::HttpBuilder::new(emu.application().token)
+            .proxy(emu.api_base())
+            .ratelimiter_disabled(true)
+            .build();
+        let bot = http.get_bot_gateway().await.expect("gateway/bot parses");
+        assert_eq!(bot.shards, 3, "ceil(2501 / 1000)");
+
+        let one = raw(connect(emu).await);
+        one.identify(&emu.application().token, [0, 1], 1);
+        assert_eq!(one.wait_close().await, 4011);
+
+        let recommended = raw(connect(emu).await);
+        recommended.identify(&emu.application().token, [0, bot.shards], 1);
+        let rc = &recommended;
+        eventually("READY", || async move { rc.session_id() }).await;
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -42,6 +42,8 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
                 members_per_guild: 5,
                 channels_per_guild: 3,
                 identify_window_ms: 0,
+                // A large bot's identify bucket count: 100 shards start in seven 5 s windows.
+                max_concurrency: 16,
                 ..EmulatorConfig::default()
             },
             pod_env: vec![],

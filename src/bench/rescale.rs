@@ -110,6 +110,8 @@ async fn rescale_once(
             members_per_guild: 5,
             channels_per_guild: 1,
             identify_window_ms: 0,
+            // A large bot's identify bucket count: 100 shards start in seven 5 s windows.
+            max_concurrency: 16,
             ..EmulatorConfig::default()
         },
         pod_env: vec![],

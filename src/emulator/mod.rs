@@ -65,7 +65,8 @@ pub struct EmulatorConfig {
     pub channels_per_guild: usize,
     /// HELLO's `heartbeat_interval`.
     pub heartbeat_interval_ms: u64,
-    /// Shards recommended by `GET /gateway/bot`.
+    /// Shards recommended by `GET /gateway/bot` (at least; raised to one per 1000 guilds, as
+    /// Discord does).
     pub shards: u32,
     /// `session_start_limit.max_concurrency`: identify buckets per 5 s window.
     pub max_concurrency: u32,

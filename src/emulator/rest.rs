@@ -202,6 +202,9 @@ async fn gateway(AxumState(emu): AxumState<Emulator>) -> Json<Value> {
     Json(json!({"url": emu.gateway_url()}))
 }
 
+/// Guilds per shard behind `GET /gateway/bot`'s recommendation.
+const GUILDS_PER_RECOMMENDED_SHARD: usize = 1000;
+
 async fn gateway_bot(AxumState(emu): AxumState<Emulator>) -> Json<Value> {
     let st = emu.lock();
     let b = &st.budget;
@@ -209,9 +212,13 @@ async fn gateway_bot(AxumState(emu): AxumState<Emulator>) -> Json<Value> {
         .reset_at
         .saturating_duration_since(Instant::now())
         .as_millis() as u64;
+    // Discord recommends about one shard per 1000 guilds (a shard is refused past 2500), so a
+    // client that follows the recommendation is never closed with 4011.
+    let recommended =
+        (st.guilds.len().div_ceil(GUILDS_PER_RECOMMENDED_SHARD) as u32).max(emu.shared.cfg.shards);
     Json(json!({
         "url": emu.gateway_url(),
-        "shards": emu.shared.cfg.shards,
+        "shards": recommended,
         "session_start_limit": {
             "total": b.total, "remaining": b.remaining, "reset_after": reset_after,
             "max_concurrency": emu.shared.cfg.max_concurrency,
