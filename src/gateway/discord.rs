@@ -35,9 +35,18 @@ pub fn intents() -> GatewayIntents {
         | GatewayIntents::MESSAGE_CONTENT
 }
 
+/// The HTTP transport every REST client of the pod shares: one connection pool and one TLS
+/// configuration (root certificates included) per process, not one per shard.
+///
+/// # Errors
+/// The TLS backend failing to initialise.
+pub fn transport() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder().use_rustls_tls().build()
+}
+
 /// A REST client for real Discord, or for the emulator when `api_base` is set.
-pub fn rest_client(cfg: &DiscordConfig) -> Http {
-    let mut builder = HttpBuilder::new(cfg.token.expose());
+pub fn rest_client(cfg: &DiscordConfig, transport: reqwest::Client) -> Http {
+    let mut builder = HttpBuilder::new(cfg.token.expose()).client(transport);
     if let Some(base) = &cfg.api_base {
         // serenity only honours the proxy with its rate limiter off (it builds rate-limited
         // requests without the proxy); the emulator does not rate-limit by default.
@@ -83,7 +92,11 @@ pub struct Shards {
 }
 
 /// Starts every shard, `max_concurrency` at a time.
-pub async fn start(cfg: &DiscordConfig, pod: Arc<Pod>) -> Result<Shards, ConnectError> {
+pub async fn start(
+    cfg: &DiscordConfig,
+    pod: Arc<Pod>,
+    transport: reqwest::Client,
+) -> Result<Shards, ConnectError> {
     let (total, max_concurrency) = match cfg.shard_count {
         Some(n) => (n, 1),
         None => {
@@ -107,19 +120,21 @@ pub async fn start(cfg: &DiscordConfig, pod: Arc<Pod>) -> Result<Shards, Connect
             )
         }
     };
+    pod.sessions.expect(total);
     let mut running = Vec::new();
     for id in 0..total {
         if id > 0 && id % max_concurrency == 0 {
             tokio::time::sleep(IDENTIFY_WINDOW).await;
         }
         // `new_with_http` keeps the proxy; `Client::builder(token)` would build a fresh Http.
-        let mut client = ClientBuilder::new_with_http(rest_client(cfg), intents())
-            .raw_event_handler(Handler::new(pod.clone()))
-            .await
-            .map_err(|source| ConnectError::Rest {
-                call: "get gateway",
-                source,
-            })?;
+        let mut client =
+            ClientBuilder::new_with_http(rest_client(cfg, transport.clone()), intents())
+                .raw_event_handler(Handler::new(pod.clone()))
+                .await
+                .map_err(|source| ConnectError::Rest {
+                    call: "get gateway",
+                    source,
+                })?;
         let manager = client.shard_manager.clone();
         let task = tokio::spawn(async move {
             if let Err(err) = client.start_shard(id, total).await {

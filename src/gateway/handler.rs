@@ -48,13 +48,14 @@ impl RawEventHandler for Handler {
             }
             Event::Ready(ready) => {
                 pod.identifies.fetch_add(1, Ordering::Relaxed);
-                pod.connected.store(true, Ordering::Relaxed);
-                pod.ownership.set_receiving(true);
+                let shard = ready.ready.shard.map_or(0, |s| s.id.0);
+                if pod.sessions.ready(shard) {
+                    pod.ownership.set_receiving(true);
+                }
                 pod.metrics.gateway_ready.inc();
                 tracing::info!(pod = %pod.name, shard = ?ready.ready.shard.map(|s| s.id.0), session = %ready.ready.session_id, "gateway session ready");
             }
             Event::Resumed(_) => {
-                pod.connected.store(true, Ordering::Relaxed);
                 pod.metrics.gateway_resumed.inc();
                 tracing::info!(pod = %pod.name, "gateway session resumed");
             }

@@ -75,6 +75,9 @@ pub enum Error {
     /// A listener failed.
     #[error("serving http: {0}")]
     Serve(#[from] std::io::Error),
+    /// The HTTP client for Discord's REST API could not be built (TLS initialisation).
+    #[error("building the HTTP client: {0}")]
+    Transport(reqwest::Error),
 }
 
 /// Runs a gateway pod until `shutdown` is triggered, then drains it.
@@ -112,7 +115,8 @@ async fn run_pod(
         info!(ordinal = %cfg.ordinal, topology = %cfg.topology, "standby: this ordinal owns no guilds under the configured topology");
     }
 
-    let rest = Arc::new(discord::rest_client(&cfg.discord));
+    let transport = discord::transport().map_err(Error::Transport)?;
+    let rest = Arc::new(discord::rest_client(&cfg.discord, transport.clone()));
     discord::ensure_application_id(&rest).await?;
     let ownership = Arc::new(OwnershipView::new(cfg.ordinal, processing));
     let coordinator = Arc::new(Coordinator::new(
@@ -132,7 +136,7 @@ async fn run_pod(
         outbox_wake: Notify::new(),
         inflight: TaskTracker::new(),
         stopping: AtomicBool::new(false),
-        connected: AtomicBool::new(false),
+        sessions: pod::ShardSessions::default(),
         identifies: AtomicU64::new(0),
         guilds: Mutex::new(pod::SeenGuilds::default()),
         held_foreign: Mutex::new(None),
@@ -157,7 +161,7 @@ async fn run_pod(
     if cfg.ordinal.0 == 0 {
         register_commands(&pod).await;
     }
-    let shards = discord::start(&cfg.discord, pod.clone()).await?;
+    let shards = discord::start(&cfg.discord, pod.clone(), transport).await?;
 
     let background = Shutdown::new();
     let outbox = tokio::spawn(outbox::run(pod.clone(), background.cancelled()).in_current_span());

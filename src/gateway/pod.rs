@@ -38,8 +38,8 @@ pub struct Pod {
     pub inflight: TaskTracker,
     /// Set when no more events may be taken (shutdown under way).
     pub stopping: AtomicBool,
-    /// At least one shard has a live session.
-    pub connected: AtomicBool,
+    /// Which of the pod's shards have had a session (READY) since the process started.
+    pub sessions: ShardSessions,
     /// IDENTIFYs sent (sessions started) since the pod started.
     pub identifies: AtomicU64,
     /// Guilds this pod has seen a GUILD_CREATE for and processes, and how many of them it owns
@@ -62,9 +62,10 @@ impl Pod {
         self.ownership.ordinal()
     }
 
-    /// Ready to serve: connected to the gateway (migrations ran before the pod was built).
+    /// Ready to serve: every shard has had a session, so the pod receives all its guilds'
+    /// events (migrations ran before the pod was built).
     pub fn is_ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && !self.stopping.load(Ordering::Relaxed)
+        self.sessions.all_ready() && !self.stopping.load(Ordering::Relaxed)
     }
 
     /// Remembers an error for the status report.
@@ -140,4 +141,72 @@ pub struct SeenGuilds {
     pub present: HashSet<GuildId>,
     /// How many of `present` this pod owns.
     pub owned: u64,
+}
+
+/// The shards whose first session (READY) has arrived, against how many the pod runs.
+///
+/// A pod receives every event of its guilds only once all its shards have sessions: events
+/// routed to a shard before its READY never reach this process. So "receiving" (which peers
+/// use to decide what to cover and replay) starts at the last shard's READY, not the first.
+#[derive(Debug, Default)]
+pub struct ShardSessions {
+    inner: Mutex<SessionsInner>,
+}
+
+#[derive(Debug, Default)]
+struct SessionsInner {
+    /// Shards the pod runs; `None` until the gateway has asked Discord how many.
+    expected: Option<u32>,
+    ready: std::collections::BTreeSet<u32>,
+}
+
+impl ShardSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionsInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The pod runs `total` shards.
+    pub fn expect(&self, total: u32) {
+        self.lock().expected = Some(total);
+    }
+
+    /// Shard `id` had a READY; true if every shard now has had one.
+    pub fn ready(&self, id: u32) -> bool {
+        let mut inner = self.lock();
+        inner.ready.insert(id);
+        inner.is_complete()
+    }
+
+    /// Every shard has had a session.
+    pub fn all_ready(&self) -> bool {
+        self.lock().is_complete()
+    }
+}
+
+impl SessionsInner {
+    fn is_complete(&self) -> bool {
+        self.expected
+            .is_some_and(|n| (0..n).all(|id| self.ready.contains(&id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShardSessions;
+
+    #[test]
+    fn ready_only_once_every_shard_has_a_session() {
+        let sessions = ShardSessions::default();
+        // A READY before the shard count is known cannot make the pod ready.
+        assert!(!sessions.ready(0));
+        sessions.expect(3);
+        assert!(!sessions.all_ready());
+        assert!(!sessions.ready(2));
+        // A second READY of the same shard (a re-identify) counts once.
+        assert!(!sessions.ready(2));
+        assert!(sessions.ready(1));
+        assert!(sessions.all_ready());
+    }
 }

@@ -173,8 +173,8 @@ impl OwnershipView {
         )
     }
 
-    /// Records that the gateway receives events from now on (`true`: its first session is
-    /// ready) or no longer does (`false`: it is closing).
+    /// Records that the gateway receives events from now on (`true`: every shard has a
+    /// session) or no longer does (`false`: it is closing).
     pub fn set_receiving(&self, receiving: bool) {
         self.change(|s| match (receiving, s.receiving_since_ms) {
             (true, None) => s.receiving_since_ms = Some(now_ms()),

@@ -39,6 +39,20 @@ pub async fn start_with(
     start_config(dir, cfg).await
 }
 
+/// Like [`start_with`] (no HTTP service), but each pod's second shard identifies one identify
+/// window (5 s) after its first, as with Discord's `max_concurrency` of 1: for those seconds
+/// a pod has a session but does not yet receive all of its guilds' events.
+pub async fn start_staggered(
+    dir: &Path,
+    pods: u32,
+    guilds: usize,
+    strategy: Strategy,
+) -> LocalCluster {
+    let mut cfg = config(dir, pods, guilds, strategy);
+    cfg.emulator.max_concurrency = 1;
+    start_config(dir, cfg).await
+}
+
 /// A cluster whose every pod runs with Litestream as the StatefulSet runs it (restore init
 /// container, native sidecar), replicating into `store` every [`REPLICATION_INTERVAL`].
 pub async fn start_replicated(
@@ -77,6 +91,10 @@ fn config(dir: &Path, pods: u32, guilds: usize, strategy: Strategy) -> ClusterCo
             channels_per_guild: 2,
             heartbeat_interval_ms: 2_000,
             identify_window_ms: 0,
+            // Two shards per pod, both identified at once: a pod receives all of its guilds'
+            // events only once every shard has a session, which one shard would not show.
+            shards: 2,
+            max_concurrency: 2,
             ..EmulatorConfig::default()
         },
         pod_env: Vec::new(),
