@@ -61,12 +61,16 @@ struct BenchArgs {
     /// Minimal sizes: checks that the scenario runs; its figures mean nothing.
     #[arg(long)]
     quick: bool,
-    /// Total guild counts for `memory`, comma-separated (default 1000,10000).
+    /// Total guild counts for `memory` (default 1000,10000) and `rescale` (default 10000),
+    /// comma-separated.
     #[arg(long, value_delimiter = ',')]
     guilds: Vec<usize>,
     /// Scratch directory (default: the system temp dir); removed afterwards.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Keep the scratch directories (pods' logs and databases) to inspect a run.
+    #[arg(long)]
+    keep_work: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -368,6 +372,7 @@ fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
         binary: std::env::current_exe().context("locating the guildshard binary for the pods")?,
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
         guilds: args.guilds,
+        keep_work: args.keep_work,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime

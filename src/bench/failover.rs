@@ -28,7 +28,7 @@ use crate::store::{Store, StoreOptions};
 /// # Errors
 /// The cluster failing to start or the pod never handling an event again.
 pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
-    let scratch = Scratch::new(&options.work_dir, "failover")?;
+    let scratch = Scratch::new(options, "failover")?;
     let cfg = ClusterConfig {
         binary: options.binary.clone(),
         pods: 1,
@@ -85,7 +85,7 @@ async fn object_store(tools: &Tools, dir: &std::path::Path) -> Result<ObjectStor
 /// A database of about `target` bytes, replicated, then restored into empty files.
 async fn restore(options: &Options, tools: &Tools) -> Result<Row, Error> {
     let target: u64 = if options.quick { 1 << 20 } else { 100 << 20 };
-    let scratch = Scratch::new(&options.work_dir, "restore")?;
+    let scratch = Scratch::new(options, "restore")?;
     let store = object_store(tools, &scratch.path().join("s3")).await?;
     let replication = Replication::new(
         tools,
@@ -197,7 +197,7 @@ async fn replication_lag(options: &Options, tools: &Tools) -> Result<Vec<Row>, E
     } else {
         Duration::from_secs(30)
     };
-    let scratch = Scratch::new(&options.work_dir, "lag")?;
+    let scratch = Scratch::new(options, "lag")?;
     let store = object_store(tools, &scratch.path().join("s3")).await?;
     let replication = Replication::new(
         tools,

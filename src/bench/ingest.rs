@@ -47,7 +47,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
     let mut peak_at_one = None;
     let mut parse_limit = None;
     for &n in pod_counts {
-        let scratch = Scratch::new(&options.work_dir, "ingest")?;
+        let scratch = Scratch::new(options, "ingest")?;
         let cluster = start(options, scratch.path(), n, guilds).await?;
         let result = measure_pod(options, &cluster, n, rates, window).await;
         let frames = received_frames(&cluster);

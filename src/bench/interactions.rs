@@ -57,7 +57,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
             Duration::from_secs(5),
         )
     };
-    let scratch = Scratch::new(&options.work_dir, "interactions")?;
+    let scratch = Scratch::new(options, "interactions")?;
     let cluster = start(options, scratch.path()).await?;
     let result = measure(options, &cluster, rates, window, peak_window).await;
     cluster.shutdown().await;

@@ -28,7 +28,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
     let pod_counts: &[u32] = if options.quick { &[1] } else { &[1, 4] };
     let mut rows = Vec::new();
     for &total in &totals {
-        let scratch = Scratch::new(&options.work_dir, "memory")?;
+        let scratch = Scratch::new(options, "memory")?;
         let cfg = ClusterConfig {
             binary: options.binary.clone(),
             pods: 1,
@@ -80,6 +80,8 @@ async fn measure_total(
     pod_counts: &[u32],
 ) -> Result<Vec<Row>, Error> {
     let mut rows = Vec::new();
+    // (owned, RSS bytes) per pod count, for the marginal cost of an owned guild.
+    let mut measured: Vec<(usize, f64)> = Vec::new();
     for &n in pod_counts {
         let topology = Topology::new(Strategy::Md5, n).expect("pod counts here are > 0");
         let owned = ids
@@ -93,14 +95,14 @@ async fn measure_total(
             // A fresh database each run: the pod's memory, not SQLite's page cache of old runs.
             let _ = std::fs::remove_dir_all(cluster.data_dir(0));
             cluster.start_pod(0).await?;
-            let measured = settle(cluster, ids.len()).await;
+            let settled = settle(cluster, ids.len(), owned).await;
             cluster.stop_pod(0, Duration::from_secs(10)).await;
-            let (rss, status_owned) = measured?;
+            let (rss, status_owned) = settled?;
             samples.push(rss as f64);
             reported_owned = status_owned;
         }
         let rss = median(&samples);
-        let mib = |b: f64| b / (1024.0 * 1024.0);
+        measured.push((owned, rss));
         rows.push(Row::new(
             format!("{} guilds, N={n}: RSS of ordinal 0", ids.len()),
             format!("{:.1} MiB", mib(rss)),
@@ -111,12 +113,34 @@ async fn measure_total(
             ),
         ));
     }
+    // Same total guilds and shards, different owned counts: the difference is what owning a
+    // guild costs; what all rows of one total share is the cost of the shards it needs.
+    if let (Some(&(most, most_rss)), Some(&(least, least_rss))) = (
+        measured.iter().max_by_key(|(owned, _)| *owned),
+        measured.iter().min_by_key(|(owned, _)| *owned),
+    ) {
+        if most > least {
+            rows.push(Row::new(
+                format!("{} guilds: RSS per extra owned guild", ids.len()),
+                format!("{:.0} B", (most_rss - least_rss) / (most - least) as f64),
+                format!(
+                    "(RSS owning {most} − RSS owning {least}) ÷ {} guilds; same shards, same \
+                     GUILD_CREATE traffic",
+                    most - least
+                ),
+            ));
+        }
+    }
     Ok(rows)
 }
 
-/// Waits (bounded) until the pod is ready and has seen a dispatch for every guild, then
-/// samples its RSS three times, 200 ms apart, and keeps the median.
-async fn settle(cluster: &LocalCluster, guilds: usize) -> Result<(u64, u64), Error> {
+fn mib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
+/// Waits (bounded) until the pod is ready, has seen a dispatch for every guild and counts
+/// every guild it owns, then samples its RSS three times, 200 ms apart, and keeps the median.
+async fn settle(cluster: &LocalCluster, guilds: usize, owned: usize) -> Result<(u64, u64), Error> {
     let pid = cluster
         .pod(0)
         .and_then(|p| p.pid())
@@ -126,13 +150,14 @@ async fn settle(cluster: &LocalCluster, guilds: usize) -> Result<(u64, u64), Err
     let deadline = Instant::now() + limit;
     let status = loop {
         let status = cluster.status(0).await?;
-        if status.events_seen >= guilds as u64 {
+        if status.events_seen >= guilds as u64 && status.guilds_owned >= owned as u64 {
             break status;
         }
         if Instant::now() > deadline {
             return Err(Error::Measure(format!(
-                "the pod saw {} of {guilds} GUILD_CREATEs within {limit:?}",
-                status.events_seen
+                "the pod saw {} of {guilds} GUILD_CREATEs and owned {} of {owned} guilds \
+                 within {limit:?}",
+                status.events_seen, status.guilds_owned
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

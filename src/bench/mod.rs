@@ -67,8 +67,10 @@ pub struct Options {
     pub binary: PathBuf,
     /// Scratch space; each scenario makes (and removes) its own directory under it.
     pub work_dir: PathBuf,
-    /// Total guild counts (`memory`); empty: the scenario's default.
+    /// Total guild counts (`memory`, `rescale`); empty: the scenario's default.
     pub guilds: Vec<usize>,
+    /// Leave the scratch directories (pods' logs and databases) behind for inspection.
+    pub keep_work: bool,
 }
 
 /// One line of a report.
@@ -276,11 +278,15 @@ fn rss_bytes(pid: u32) -> Result<u64, Error> {
         .ok_or_else(|| Error::Measure(format!("no VmRSS in /proc/{pid}/status")))
 }
 
-/// A scratch directory removed on drop (benchmarks leave nothing behind).
-struct Scratch(PathBuf);
+/// A scratch directory removed on drop (benchmarks leave nothing behind unless asked to).
+struct Scratch {
+    dir: PathBuf,
+    keep: bool,
+}
 
 impl Scratch {
-    fn new(base: &Path, what: &str) -> Result<Scratch, Error> {
+    fn new(options: &Options, what: &str) -> Result<Scratch, Error> {
+        let base = &options.work_dir;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -289,17 +295,24 @@ impl Scratch {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
+        Ok(Scratch {
+            dir,
+            keep: options.keep_work,
+        })
     }
 
     fn path(&self) -> &Path {
-        &self.0
+        &self.dir
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.keep {
+            tracing::info!(dir = %self.dir.display(), "scratch directory kept");
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -62,7 +62,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
         for &(strategy, from, to) in changes {
             let mut outcomes = Vec::new();
             for run in 0..options.runs.max(1) {
-                let scratch = Scratch::new(&options.work_dir, "rescale")?;
+                let scratch = Scratch::new(options, "rescale")?;
                 outcomes.push(
                     rescale_once(options, scratch.path(), guilds, strategy, from, to, run).await?,
                 );
@@ -235,6 +235,7 @@ async fn rescale_and_check(
 
 /// `(messages lost, rows of moved guilds)`: a message is lost if it is missing, held by more
 /// than one pod, or held by a pod that does not own it.
+#[allow(clippy::too_many_lines)]
 fn check(
     cluster: &LocalCluster,
     topology: Topology,
@@ -280,7 +281,17 @@ fn check(
                 .sum::<u64>();
         }
     }
-    let missing = expected.iter().filter(|k| !held.contains_key(k)).count() as u64;
+    let missing: Vec<&(u64, u64)> = expected.iter().filter(|k| !held.contains_key(k)).collect();
     let doubled = held.values().filter(|n| **n > 1).count() as u64;
-    Ok((missing + doubled + misplaced, rows_moved))
+    let lost = missing.len() as u64 + doubled + misplaced;
+    if lost > 0 {
+        tracing::warn!(
+            missing = missing.len(),
+            doubled,
+            misplaced,
+            sample = ?missing.iter().take(5).collect::<Vec<_>>(),
+            "messages not where they belong"
+        );
+    }
+    Ok((lost, rows_moved))
 }

@@ -29,7 +29,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
     let mut rows_moved = 0;
     let mut commits = vec![];
     for _ in 0..runs {
-        let scratch = Scratch::new(&options.work_dir, "store")?;
+        let scratch = Scratch::new(options, "store")?;
         let one = run_once(scratch.path(), messages).await?;
         write.push(one.write_rows_per_s);
         export.push(one.export_rows_per_s);
