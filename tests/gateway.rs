@@ -365,17 +365,18 @@ async fn events_delivered_twice_change_nothing() {
     let before = snapshot().await;
     let posts_before: usize = bot_posts(&cluster);
 
-    // Deliver every dispatch of the pod's session a second time.
-    let session = cluster
-        .emulator()
-        .sessions()
-        .into_iter()
-        .next()
-        .expect("a session");
-    let again = cluster
-        .emulator()
-        .redeliver(&session.session_id, 1)
-        .expect("redeliver");
+    // Deliver every dispatch of the pod's sessions (one per shard) a second time.
+    let sessions = cluster.emulator().sessions();
+    assert!(!sessions.is_empty(), "the pod has sessions");
+    let again: usize = sessions
+        .iter()
+        .map(|s| {
+            cluster
+                .emulator()
+                .redeliver(&s.session_id, 1)
+                .expect("redeliver")
+        })
+        .sum();
     assert!(again >= expected.len(), "redelivered {again}");
     eventually("the pod to see the duplicates", || async {
         let seen = cluster.status(0).await.ok()?.events_seen;
