@@ -14,8 +14,10 @@
 //!    is removed only when the pod sees the transition converged, so a pod killed -9 mid-rollout
 //!    restarts still processing both sets.
 //! 2. **Cover while down** (our addition to DESIGN §7). A StatefulSet restarts a pod in place: for
-//!    the seconds between the old process closing its gateway and the new one's READY, nobody
-//!    would process that ordinal's guilds, and a fresh IDENTIFY does not replay what was missed.
+//!    the seconds between the old process closing its gateway and the new one's READY on its
+//!    **last** shard, nobody would process that ordinal's guilds, and a fresh IDENTIFY does not
+//!    replay what was missed. (A pod is live, and "receiving", only once every shard it runs has
+//!    had a session: events routed to a shard before its READY never reach the process.)
 //!    So every live pod also processes the guilds of any ordinal that is not live (unreachable,
 //!    not ready, or `stopping`) under any topology it knows. A pod given SIGTERM first reports
 //!    `stopping`, keeps processing until a peer reports covering it (bounded wait), and only
