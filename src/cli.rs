@@ -65,6 +65,10 @@ struct BenchArgs {
     /// comma-separated.
     #[arg(long, value_delimiter = ',')]
     guilds: Vec<usize>,
+    /// For `rescale`: only these changes of the pod count (`STRATEGY:FROM-TO`, e.g.
+    /// `jump:4-3`), comma-separated; default md5:3-4,md5:4-3,jump:3-4,jump:4-3.
+    #[arg(long = "change", value_delimiter = ',')]
+    changes: Vec<guildshard::bench::rescale::Change>,
     /// Scratch directory (default: the system temp dir); removed afterwards.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -372,6 +376,7 @@ fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
         binary: std::env::current_exe().context("locating the guildshard binary for the pods")?,
         work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
         guilds: args.guilds,
+        changes: args.changes,
         keep_work: args.keep_work,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

@@ -69,6 +69,8 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// Total guild counts (`memory`, `rescale`); empty: the scenario's default.
     pub guilds: Vec<usize>,
+    /// The pod-count changes `rescale` measures; empty: the scenario's default four.
+    pub changes: Vec<rescale::Change>,
     /// Leave the scratch directories (pods' logs and databases) behind for inspection.
     pub keep_work: bool,
 }

@@ -27,6 +27,36 @@ const TRAFFIC_RATE: f64 = 100.0;
 /// How long one rescale may take before the run counts as failed.
 const RESCALE_LIMIT: Duration = Duration::from_secs(1800);
 
+/// One change of the pod count to measure: `jump:4-3` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The ownership strategy, before and after.
+    pub strategy: Strategy,
+    /// Pods before.
+    pub from: u32,
+    /// Pods after.
+    pub to: u32,
+}
+
+impl Change {
+    const fn new(strategy: Strategy, from: u32, to: u32) -> Self {
+        Change { strategy, from, to }
+    }
+}
+
+impl std::str::FromStr for Change {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?}: expected STRATEGY:FROM-TO, e.g. jump:4-3");
+        let (strategy, counts) = s.split_once(':').ok_or_else(bad)?;
+        let (from, to) = counts.split_once('-').ok_or_else(bad)?;
+        let strategy: Strategy = strategy.parse().map_err(|e| format!("{e}"))?;
+        let count = |n: &str| n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(bad);
+        Ok(Change::new(strategy, count(from)?, count(to)?))
+    }
+}
+
 /// What one rescale did.
 struct Outcome {
     guilds_moved: u64,
@@ -47,19 +77,21 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
     } else {
         vec![10_000]
     };
-    let changes: &[(Strategy, u32, u32)] = if options.quick {
-        &[(Strategy::Md5, 3, 4)]
+    let changes: Vec<Change> = if !options.changes.is_empty() {
+        options.changes.clone()
+    } else if options.quick {
+        vec![Change::new(Strategy::Md5, 3, 4)]
     } else {
-        &[
-            (Strategy::Md5, 3, 4),
-            (Strategy::Md5, 4, 3),
-            (Strategy::Jump, 3, 4),
-            (Strategy::Jump, 4, 3),
+        vec![
+            Change::new(Strategy::Md5, 3, 4),
+            Change::new(Strategy::Md5, 4, 3),
+            Change::new(Strategy::Jump, 3, 4),
+            Change::new(Strategy::Jump, 4, 3),
         ]
     };
     let mut rows = Vec::new();
     for &guilds in &sizes {
-        for &(strategy, from, to) in changes {
+        for &Change { strategy, from, to } in &changes {
             let mut outcomes = Vec::new();
             for run in 0..options.runs.max(1) {
                 let scratch = Scratch::new(options, "rescale")?;
@@ -285,10 +317,15 @@ fn check(
     let doubled = held.values().filter(|n| **n > 1).count() as u64;
     let lost = missing.len() as u64 + doubled + misplaced;
     if lost > 0 {
+        // Message ids are snowflakes stamped when the message was sent: when the loss happened.
+        let sent_ms = |id: u64| (id >> 22) + crate::ownership::DISCORD_EPOCH_MS;
+        let sent = missing.iter().map(|(_, m)| sent_ms(*m));
         tracing::warn!(
             missing = missing.len(),
             doubled,
             misplaced,
+            missing_sent_from_ms = sent.clone().min(),
+            missing_sent_to_ms = sent.max(),
             sample = ?missing.iter().take(5).collect::<Vec<_>>(),
             "messages not where they belong"
         );
