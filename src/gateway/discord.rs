@@ -149,11 +149,18 @@ pub async fn start(
 }
 
 impl Shards {
-    /// Closes every shard with a resumable close code and stops its task.
+    /// Closes every shard with a resumable close code and stops its task, all at once: serenity
+    /// waits up to 5 s for each shard to confirm, so one after another a pod running 100 shards
+    /// could take minutes and outlast its termination grace period.
     pub async fn close(self) {
-        for (id, manager, task) in self.running {
-            manager.shutdown(ShardId(id), RESUMABLE_CLOSE).await;
-            task.abort();
-        }
+        futures::future::join_all(
+            self.running
+                .into_iter()
+                .map(|(id, manager, task)| async move {
+                    manager.shutdown(ShardId(id), RESUMABLE_CLOSE).await;
+                    task.abort();
+                }),
+        )
+        .await;
     }
 }
