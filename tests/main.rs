@@ -7,6 +7,7 @@ mod architecture;
 mod bench;
 mod cli;
 mod cluster;
+mod coordinator;
 mod emulator;
 mod gateway;
 mod http;

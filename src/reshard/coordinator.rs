@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
 
 use crate::ownership::{owner, GuildId, Ordinal, Topology};
 use crate::store::{Store, Write};
@@ -67,6 +68,9 @@ pub async fn start_topology(store: &Store, current: Topology) -> Result<Processi
     Ok(Processing { current, previous })
 }
 
+/// What one poll heard from each probed peer.
+type Reports = Vec<(Ordinal, Result<StatusReport, Error>)>;
+
 /// One pod's coordinator.
 pub struct Coordinator {
     view: Arc<OwnershipView>,
@@ -125,18 +129,44 @@ impl Coordinator {
     }
 
     /// Polls and acts every [`POLL_EVERY`] until `stop` completes.
+    ///
+    /// Two loops: the watch (poll the peers, cover the down ones, end a transition) and the
+    /// handoff (pull guilds, restore replicas). A handoff round can take minutes (tens of
+    /// thousands of guilds to pull); covers must not wait for it, or a peer killed meanwhile
+    /// would go uncovered for longer than its held events last. The handoff works from the
+    /// watch's latest reports.
     pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let (reports_tx, reports_rx) = watch::channel(Arc::new(Vec::new()));
+        let handoff = tokio::spawn(self.clone().handoff_loop(reports_rx).in_current_span());
         tokio::pin!(stop);
         loop {
-            self.round().await;
+            let reports = self.watch_round().await;
+            reports_tx.send_replace(Arc::new(reports));
             tokio::select! {
-                () = &mut stop => return,
+                () = &mut stop => break,
                 () = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        }
+        // Every step of a pull is idempotent (see `handoff`), so one cut short is simply
+        // repeated by the next process.
+        handoff.abort();
+        let _ = handoff.await;
+    }
+
+    async fn handoff_loop(self: Arc<Self>, mut reports: watch::Receiver<Arc<Reports>>) {
+        while reports.changed().await.is_ok() {
+            let latest = reports.borrow_and_update().clone();
+            let p = self.view.processing();
+            if p.previous.is_some() {
+                continue;
+            }
+            if let Err(err) = self.handoff_round(p.current, &latest).await {
+                self.fail(&err);
             }
         }
     }
 
-    async fn poll(&self) -> Vec<(Ordinal, Result<StatusReport, Error>)> {
+    async fn poll(&self) -> Reports {
         let span = self
             .widest
             .fetch_max(
@@ -155,11 +185,16 @@ impl Coordinator {
         .await
     }
 
-    /// One round: cover, convergence, handoff.
-    pub async fn round(&self) {
+    /// One round of the watch: cover the down peers, end a transition once it converged.
+    /// Returns the reports it acted on.
+    async fn watch_round(&self) -> Reports {
+        // A peer that answers "live" was live at some moment after the request went out: the
+        // send time is the safe "last seen live" (a cover starting from it never starts late).
+        let polled_at = now_ms();
         let reports = self.poll().await;
         let live = |s: &StatusReport| s.ready && s.state != "stopping";
         let in_play = self.view.ordinals_in_play();
+        let was_covering = self.view.covering();
         let covering: BTreeMap<Ordinal, u64> = {
             let mut last_live = self
                 .last_live
@@ -171,9 +206,10 @@ impl Coordinator {
                 let Some(s) = r.as_ref().ok().filter(|s| live(s)) else {
                     continue;
                 };
-                if let Some((seen_at, instance)) = last_live.insert(*o, (now, s.instance)) {
-                    if instance != s.instance && o.0 < in_play {
+                if let Some((seen_at, instance)) = last_live.insert(*o, (polled_at, s.instance)) {
+                    if instance != s.instance && o.0 < in_play && !was_covering.contains(o) {
                         // Restarted between two polls: nobody covered it while it was away.
+                        // (A peer this pod covered while it was away missed nothing.)
                         let back = s.receiving_since_ms.unwrap_or(now);
                         self.view.request_replay(ReplayRequest {
                             for_ordinal: *o,
@@ -203,11 +239,8 @@ impl Coordinator {
                     self.fail(&err);
                 }
             }
-            return;
         }
-        if let Err(err) = self.handoff_round(p.current, &reports).await {
-            self.fail(&err);
-        }
+        reports
     }
 
     fn fail(&self, err: &Error) {
@@ -219,7 +252,7 @@ impl Coordinator {
         &self,
         current: Topology,
         previous: Topology,
-        reports: &[(Ordinal, Result<StatusReport, Error>)],
+        reports: &Reports,
     ) -> Result<(), Error> {
         // Departed ordinals nobody can pull from: their replica is all that is left.
         let gone: Vec<u32> = (current.pods.get()..previous.pods.get())
@@ -265,11 +298,7 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn handoff_round(
-        &self,
-        current: Topology,
-        reports: &[(Ordinal, Result<StatusReport, Error>)],
-    ) -> Result<(), Error> {
+    async fn handoff_round(&self, current: Topology, reports: &Reports) -> Result<(), Error> {
         let me = self.me();
         // Peers that would refuse a delete (they still process their previous guilds, or cover
         // this pod) are left for a later round instead of exporting to them over and over.
@@ -332,11 +361,7 @@ impl Coordinator {
         Ok(matches!(pulled, Pulled::Moved { .. }))
     }
 
-    async fn restore_departed(
-        &self,
-        current: Topology,
-        reports: &[(Ordinal, Result<StatusReport, Error>)],
-    ) -> Result<(), Error> {
+    async fn restore_departed(&self, current: Topology, reports: &Reports) -> Result<(), Error> {
         let mut pending = self.replicas_pending().await?;
         // Reported as read from the store, so a restarted pod shows what it still owes before
         // its first restore finishes (and `status` does not call it converged).
@@ -421,11 +446,7 @@ impl Coordinator {
 }
 
 /// Whether every member ordinal is live under `current` and every reachable pod reports it.
-fn converged(
-    current: Topology,
-    me: Ordinal,
-    reports: &[(Ordinal, Result<StatusReport, Error>)],
-) -> bool {
+fn converged(current: Topology, me: Ordinal, reports: &Reports) -> bool {
     let members_live = (0..current.pods.get()).map(Ordinal).all(|o| {
         o == me
             || reports.iter().any(|(r, s)| {

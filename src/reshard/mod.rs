@@ -6,7 +6,9 @@
 //!
 //! Every pod runs a [`coordinator::Coordinator`] that polls every peer's
 //! `GET /internal/v1/status` (ordinals `0..max(N, N_previous) + PROBE_BEYOND`) a few times a
-//! second and changes the pod's [`topology::OwnershipView`] from what it sees.
+//! second and changes the pod's [`topology::OwnershipView`] from what it sees. Watching
+//! (polls, covers, convergence) and moving data (the handoff, which can take minutes) run as
+//! two loops, so a peer that dies during a long handoff is still covered within a poll.
 //!
 //! 1. **Persisted topology.** At start a pod stores the topology it runs under (`meta`
 //!    `topology`). When the stored one differs, it is kept as `topology.previous` and the pod
