@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::gateway::handler::handle_owned;
 use crate::gateway::pod::Pod;
@@ -43,12 +43,27 @@ pub async fn run(pod: Arc<Pod>, stop: impl std::future::Future<Output = ()>) {
             .collect();
         wanted.extend(pod.ownership.take_replay_requests());
         if !wanted.is_empty() {
-            let held = pod.replay.take(|h| {
+            let taken = pod.replay.take(|h| {
                 wanted.iter().any(|r| {
                     (r.from_ms..=r.to_ms).contains(&h.received_ms)
                         && state.belongs_to(h.class.guild, r.for_ordinal)
                 })
             });
+            for late in wanted
+                .iter()
+                .filter(|r| taken.evicted_through_ms.is_some_and(|t| r.from_ms <= t))
+            {
+                // The events of the peer's guilds received between `from_ms` and the eviction
+                // are no longer here; the peer may or may not have processed them itself.
+                pod.metrics.covers_late.inc();
+                warn!(
+                    peer = late.for_ordinal.0,
+                    from_ms = late.from_ms,
+                    evicted_through_ms = taken.evicted_through_ms,
+                    "a cover reaches back further than the held events: some may be lost"
+                );
+            }
+            let held = taken.events;
             let count = held.len();
             let pod = &pod;
             futures::stream::iter(held)

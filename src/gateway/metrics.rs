@@ -55,6 +55,9 @@ pub struct Metrics {
     pub events_replayed: Counter,
     /// Dispatches dropped from the held window before their time was up (it was full).
     pub events_hold_overflow: Counter,
+    /// Covers and replays that reached back further than the held dispatches did: some of
+    /// the down peer's events may have gone unprocessed (should stay 0).
+    pub covers_late: Counter,
     totals: Totals,
 }
 
@@ -90,6 +93,7 @@ impl Metrics {
             guilds_owned: Gauge::default(),
             events_replayed: Counter::default(),
             events_hold_overflow: Counter::default(),
+            covers_late: Counter::default(),
             totals: Totals::default(),
             registry: Registry::default(),
         };
@@ -157,6 +161,11 @@ impl Metrics {
             "gateway_events_hold_overflow",
             "Unprocessed dispatches dropped early because the replay window was full",
             m.events_hold_overflow.clone(),
+        );
+        registry.register(
+            "gateway_covers_late",
+            "Covers of a down peer that started later than the held dispatches reach back",
+            m.covers_late.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -23,9 +23,12 @@ use crate::gateway::classify::Classified;
 use crate::gateway::features::replayable;
 use crate::reshard::topology::OwnershipView;
 
-/// How long an unprocessed dispatch is held: the detection delay of a dead peer (a 250 ms
-/// poll interval plus a 2 s request timeout) plus the 2 s cover margin, with room to spare.
-pub const HOLD_FOR: Duration = Duration::from_secs(6);
+/// How long an unprocessed dispatch is held. A cover reaches back to when the peer was last
+/// seen live (the send time of the poll it answered) less the 2 s cover margin, and starts at
+/// the next poll that finds it down: up to two polls of at most a 2 s request timeout each and
+/// a 250 ms interval, about 6.5 s in all. Held for more than twice that, so a slow machine
+/// does not turn a cover into a gap; memory is bounded by [`HOLD_AT_MOST`] either way.
+pub const HOLD_FOR: Duration = Duration::from_secs(15);
 /// At most this many are held (each about 1.6 KiB, boxed), so a burst bounds the memory
 /// (about 50 MiB), not the clock: above 5 000 unprocessed events/s the window is shorter than
 /// [`HOLD_FOR`], and `gateway_events_hold_overflow` counts what left early.
@@ -43,9 +46,26 @@ pub struct Held {
 
 /// The held dispatches, oldest first.
 pub struct ReplayBuffer {
-    held: Mutex<VecDeque<Held>>,
+    held: Mutex<Hold>,
     hold_for_ms: u64,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct Hold {
+    events: VecDeque<Held>,
+    /// The latest receive time (Unix ms) of a dispatch that left unreplayed (expired or
+    /// pushed out): a replay reaching back to this time or earlier may miss some.
+    evicted_through_ms: Option<u64>,
+}
+
+/// What a replay found held.
+pub struct Taken {
+    /// The selected dispatches, in arrival order.
+    pub events: Vec<Held>,
+    /// Dispatches received up to this time (Unix ms) may have left the hold before the replay
+    /// (`None`: none has).
+    pub evicted_through_ms: Option<u64>,
 }
 
 /// What [`ReplayBuffer::admit`] decided.
@@ -71,13 +91,13 @@ impl ReplayBuffer {
     /// A buffer holding dispatches for `hold_for`, at most `capacity` of them.
     pub fn new(hold_for: Duration, capacity: usize) -> Self {
         ReplayBuffer {
-            held: Mutex::new(VecDeque::new()),
+            held: Mutex::new(Hold::default()),
             hold_for_ms: hold_for.as_millis() as u64,
             capacity: capacity.max(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Held>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hold> {
         // Pushes and drains leave the deque whole; a panic elsewhere does not corrupt it.
         self.held
             .lock()
@@ -93,7 +113,8 @@ impl ReplayBuffer {
         received_ms: u64,
         event: Event,
     ) -> Admitted {
-        let mut held = self.lock();
+        let mut guard = self.lock();
+        let held = &mut *guard;
         if view.processes(class.guild) {
             return Admitted::Process(class, event);
         }
@@ -101,14 +122,17 @@ impl ReplayBuffer {
             return Admitted::Dropped;
         }
         let cutoff = received_ms.saturating_sub(self.hold_for_ms);
-        while held.front().is_some_and(|h| h.received_ms < cutoff) {
-            held.pop_front();
+        while let Some(h) = held.events.front().filter(|h| h.received_ms < cutoff) {
+            held.evicted_through_ms = held.evicted_through_ms.max(Some(h.received_ms));
+            held.events.pop_front();
         }
-        let overflow = held.len() >= self.capacity;
+        let overflow = held.events.len() >= self.capacity;
         if overflow {
-            held.pop_front();
+            if let Some(h) = held.events.pop_front() {
+                held.evicted_through_ms = held.evicted_through_ms.max(Some(h.received_ms));
+            }
         }
-        held.push_back(Held {
+        held.events.push_back(Held {
             received_ms,
             class,
             event: Box::new(event),
@@ -116,18 +140,23 @@ impl ReplayBuffer {
         Admitted::Held(overflow)
     }
 
-    /// Removes and returns, in arrival order, the held dispatches that `wanted` selects.
-    pub fn take(&self, wanted: impl Fn(&Held) -> bool) -> Vec<Held> {
+    /// Removes and returns, in arrival order, the held dispatches that `wanted` selects, and
+    /// how far back the hold is complete.
+    pub fn take(&self, wanted: impl Fn(&Held) -> bool) -> Taken {
         let mut held = self.lock();
-        let (taken, kept): (VecDeque<Held>, VecDeque<Held>) =
-            std::mem::take(&mut *held).into_iter().partition(&wanted);
-        *held = kept;
-        taken.into()
+        let (taken, kept): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut held.events)
+            .into_iter()
+            .partition(&wanted);
+        held.events = kept;
+        Taken {
+            events: taken.into(),
+            evicted_through_ms: held.evicted_through_ms,
+        }
     }
 
     /// How many dispatches are held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().events.len()
     }
 
     /// Whether nothing is held.
@@ -204,8 +233,12 @@ mod tests {
         let state = view.snapshot();
         let taken =
             buffer.take(|h| h.received_ms >= 1_001 && state.belongs_to(h.class.guild, Ordinal(1)));
-        assert_eq!(taken.len(), 2);
-        assert!(taken.iter().all(|h| h.received_ms >= 1_001));
+        assert_eq!(taken.events.len(), 2);
+        assert!(taken.events.iter().all(|h| h.received_ms >= 1_001));
+        assert_eq!(
+            taken.evicted_through_ms, None,
+            "nothing has left the hold yet"
+        );
         assert_eq!(buffer.len(), 1, "the earlier one stays until it expires");
         // Covered now: processed live, not held.
         assert!(matches!(
@@ -236,7 +269,14 @@ mod tests {
             Admitted::Held(true)
         ));
         assert_eq!(buffer.len(), 3);
+        assert_eq!(
+            buffer.take(|_| false).evicted_through_ms,
+            Some(0),
+            "pushed out"
+        );
         buffer.admit(&view, class(theirs[4]), 5_000, message(theirs[4], 60));
         assert_eq!(buffer.len(), 1, "older than the hold: gone");
+        // A replay from 10 ms or earlier can no longer find everything; one from 11 ms can.
+        assert_eq!(buffer.take(|_| false).evicted_through_ms, Some(10));
     }
 }

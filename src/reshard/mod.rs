@@ -29,10 +29,13 @@
 //!    **Covers start in the past.** A pod killed -9 is noticed only at its peers' next poll
 //!    (a poll interval plus a request timeout). Every pod runs every Discord shard, so its
 //!    peers received that pod's events all along and dropped them; each pod holds what it
-//!    dropped for a few seconds (`gateway::replay`), and a cover starts at the moment the
-//!    peer was last seen live less [`coordinator::COVER_MARGIN`]: the held events of the
-//!    covered guilds from then on are processed when the cover starts. So the kill -9 window
-//!    is closed as long as detection takes less than the hold (6 s, at most 30 000 events).
+//!    dropped for a while (`gateway::replay`), and a cover starts at the moment the peer was
+//!    last seen live (the send time of the poll it answered) less
+//!    [`coordinator::COVER_MARGIN`]: the held events of the covered guilds from then on are
+//!    processed when the cover starts. So the kill -9 window is closed as long as detection
+//!    (at most two polls, ~6.5 s with their timeouts and the margin) takes less than the hold
+//!    (15 s, at most 30 000 events); a cover that starts later than that is logged and
+//!    counted (`gateway_covers_late`).
 //! 3. **Convergence.** A pod considers the transition converged when every member ordinal
 //!    (`< N`) is live and reports the same topology as this pod, and every other reachable pod
 //!    (ordinals `>= N`, draining) also reports it. It then forgets the previous topology.

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use guildshard::gateway::replay::HOLD_FOR;
 use guildshard::local_cluster::PodLife;
 use guildshard::ownership::{owner, GuildId, Ordinal};
 use guildshard::wire::{ProcessingWindow, ReplayedWindow};
@@ -101,12 +102,18 @@ fn intervals(
         }
         for (covered, since) in &w.covering {
             if belongs(w, guild, *covered) {
-                // A cover starts in the past: held events from `since` are replayed.
-                out.push((receiving.max(*since), next));
+                // A cover starts in the past: held events from `since` are replayed, but only
+                // those still held when it started.
+                out.push((receiving.max(*since).max(held_from(w.at_ms)), next));
             }
         }
     }
     out
+}
+
+/// The oldest receive time a replay taken at `at_ms` can still find held.
+fn held_from(at_ms: u64) -> u64 {
+    at_ms.saturating_sub(HOLD_FOR.as_millis() as u64)
 }
 
 /// Every stretch of `[from_ms, to_ms]` in which one of `guilds` had no processing pod, given
@@ -132,7 +139,7 @@ pub fn gaps(
             .chain(recorded.replays.iter().filter_map(|r| {
                 // What the replaying pod held: received after it started receiving, up to
                 // when it took them.
-                let from = r.from_ms.max(r.receiving_since_ms?);
+                let from = r.from_ms.max(r.receiving_since_ms?).max(held_from(r.at_ms));
                 belongs_under(r.current, r.previous, guild, r.for_ordinal)
                     .then_some((from, r.to_ms.min(r.at_ms)))
             }))
@@ -252,4 +259,23 @@ fn the_checker_finds_a_gap_and_accepts_an_overlap() {
     // A replay taken before gateway-0 was back covers only up to when it was taken.
     recorded.replays[0].at_ms = 260;
     assert_eq!(gaps(&lives, &recorded, &guild, 50, 1_000).len(), 1);
+
+    // A cover that starts longer than the hold after its `since` replays only what is still
+    // held: the stretch before that is a gap.
+    let hold = HOLD_FOR.as_millis() as u64;
+    recorded.replays.clear();
+    let late = 300 + hold + 1_000;
+    let windows = recorded.windows.get_mut(&1).expect("1");
+    windows[1] = two_pods_one_owner(late, vec![(Ordinal(0), 150)]);
+    windows[2].at_ms = late + 100;
+    lives[1].started_ms = late + 50;
+    recorded.windows.get_mut(&0).expect("0")[2] = record(0, late + 100, Some(late + 100), vec![]);
+    assert_eq!(
+        gaps(&lives, &recorded, &guild, 50, late + 1_000),
+        vec![Gap {
+            guild: 42,
+            from_ms: 200,
+            to_ms: late - hold
+        }]
+    );
 }
