@@ -2,7 +2,7 @@
 //! HTTP: what it does is decided by what the peers answer, so the peers' timing can be set
 //! exactly (a slow export, a peer that goes away), which real pods cannot do on cue.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,24 +27,46 @@ use crate::support::eventually::eventually;
 const EXPORT_TAKES: Duration = Duration::from_millis(500);
 const GUILDS_TO_PULL: usize = 20;
 
-/// The peers: which ordinals answer, and what peer 1 holds for ordinal 0.
+/// How a stand-in peer answers its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Ready and active.
+    Live,
+    /// Starting: answers, not ready yet.
+    Starting,
+    /// Shutting down.
+    Stopping,
+    /// Gone: status fails.
+    Down,
+}
+
+/// The peers: how each ordinal answers, and what peer 1 holds for ordinal 0.
 struct Peerage {
     topology: Topology,
-    up: Mutex<BTreeSet<u32>>,
+    modes: Mutex<BTreeMap<u32, Mode>>,
     held_for_0: Vec<GuildId>,
     /// An empty database: what an export of a guild nobody wrote to looks like.
     empty: Store,
 }
 
 impl Peerage {
-    fn is_up(&self, ordinal: u32) -> bool {
-        self.up
+    fn mode(&self, ordinal: u32) -> Mode {
+        self.modes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&ordinal)
+            .get(&ordinal)
+            .copied()
+            .unwrap_or(Mode::Down)
     }
 
-    fn report(&self, ordinal: u32) -> StatusReport {
+    fn set(&self, ordinal: u32, mode: Mode) {
+        self.modes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(ordinal, mode);
+    }
+
+    fn report(&self, ordinal: u32, mode: Mode) -> StatusReport {
         let holds = if ordinal == 1 {
             self.held_for_0.len()
         } else {
@@ -54,8 +76,13 @@ impl Peerage {
             ordinal: Ordinal(ordinal),
             topology: self.topology,
             previous_topology: None,
-            state: "active".into(),
-            ready: true,
+            state: if mode == Mode::Stopping {
+                "stopping"
+            } else {
+                "active"
+            }
+            .into(),
+            ready: mode == Mode::Live,
             guilds_owned: 0,
             guilds_held: holds,
             handoff_pending: holds,
@@ -68,7 +95,7 @@ impl Peerage {
             covering: vec![],
             handoff: HandoffProgress::default(),
             instance: u64::from(ordinal) + 1,
-            receiving_since_ms: Some(1),
+            receiving_since_ms: (mode == Mode::Live).then_some(1),
         }
     }
 }
@@ -76,10 +103,9 @@ impl Peerage {
 type Shared = Arc<Peerage>;
 
 async fn status(State(p): State<Shared>, Path(o): Path<u32>) -> Response {
-    if p.is_up(o) {
-        Json(p.report(o)).into_response()
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE.into_response()
+    match p.mode(o) {
+        Mode::Down => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        mode => Json(p.report(o, mode)).into_response(),
     }
 }
 
@@ -104,100 +130,145 @@ async fn delete() -> Response {
     Json(serde_json::json!({ "deleted": {} })).into_response()
 }
 
+/// Ordinal 0's coordinator under md5/3, running against stand-in peers 1 and 2.
+struct Harness {
+    peers: Arc<Peerage>,
+    view: Arc<OwnershipView>,
+    coordinator: Arc<Coordinator>,
+    store: Store,
+    stop: Shutdown,
+    running: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Peer 1 holds `guilds_to_pull` guilds that ordinal 0 owns; `modes` says how each peer
+    /// answers at first.
+    async fn start(guilds_to_pull: usize, modes: [(u32, Mode); 2]) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let three = Topology::new(Strategy::Md5, 3).expect("3");
+        let held_for_0: Vec<GuildId> = (1..)
+            .map(GuildId)
+            .filter(|g| owner(*g, three) == Ordinal(0))
+            .take(guilds_to_pull)
+            .collect();
+        let peers = Arc::new(Peerage {
+            topology: three,
+            modes: Mutex::new(modes.into()),
+            held_for_0,
+            empty: Store::open(dir.path().join("peer.db"))
+                .await
+                .expect("store"),
+        });
+        let app = Router::new()
+            .route("/peer/{o}/internal/v1/status", get(status))
+            .route("/peer/{o}/internal/v1/guilds", get(held))
+            .route("/peer/{o}/internal/v1/guilds/{id}/export", get(export))
+            .route(
+                "/peer/{o}/internal/v1/guilds/{id}",
+                axum::routing::delete(delete),
+            )
+            .with_state(peers.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let view = Arc::new(OwnershipView::new(
+            Ordinal(0),
+            Processing {
+                current: three,
+                previous: None,
+            },
+        ));
+        let store = Store::open(dir.path().join("pod.db")).await.expect("store");
+        let template = UrlTemplate::parse(&format!("http://{addr}/peer/{{ordinal}}")).expect("url");
+        let coordinator = Arc::new(Coordinator::new(
+            view.clone(),
+            store.clone(),
+            Peers::new(template, Secret::new("token")),
+            None,
+        ));
+        let stop = Shutdown::new();
+        let running = tokio::spawn(coordinator.clone().run(stop.cancelled()));
+        Harness {
+            peers,
+            view,
+            coordinator,
+            store,
+            stop,
+            running,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// Waits (at most `limit`) until ordinal 0 covers `ordinal`.
+    async fn covered_within(&self, ordinal: u32, limit: Duration) {
+        let since = tokio::time::Instant::now();
+        while !self.view.covering().contains(&Ordinal(ordinal)) {
+            assert!(
+                since.elapsed() < limit,
+                "peer {ordinal} not covered {limit:?} after it went down (handoff: {:?})",
+                self.coordinator.progress()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.trigger();
+        tokio::time::timeout(Duration::from_secs(10), self.running)
+            .await
+            .expect("the coordinator stops, even mid-handoff")
+            .expect("no panic");
+        self.server.abort();
+        self.store.close().await.expect("close");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_goes_down_during_a_long_handoff_is_covered_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let three = Topology::new(Strategy::Md5, 3).expect("3");
-    let held_for_0: Vec<GuildId> = (1..)
-        .map(GuildId)
-        .filter(|g| owner(*g, three) == Ordinal(0))
-        .take(GUILDS_TO_PULL)
-        .collect();
-    let peers = Arc::new(Peerage {
-        topology: three,
-        up: Mutex::new([1, 2].into()),
-        held_for_0,
-        empty: Store::open(dir.path().join("peer.db"))
-            .await
-            .expect("store"),
-    });
-    let app = Router::new()
-        .route("/peer/{o}/internal/v1/status", get(status))
-        .route("/peer/{o}/internal/v1/guilds", get(held))
-        .route("/peer/{o}/internal/v1/guilds/{id}/export", get(export))
-        .route(
-            "/peer/{o}/internal/v1/guilds/{id}",
-            axum::routing::delete(delete),
-        )
-        .with_state(peers.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-
-    // Ordinal 0 under md5/3, with nothing of its own yet: peer 1 holds guilds it owns.
-    let view = Arc::new(OwnershipView::new(
-        Ordinal(0),
-        Processing {
-            current: three,
-            previous: None,
-        },
-    ));
-    let store = Store::open(dir.path().join("pod.db")).await.expect("store");
-    let template = UrlTemplate::parse(&format!("http://{addr}/peer/{{ordinal}}")).expect("url");
-    let coordinator = Arc::new(Coordinator::new(
-        view.clone(),
-        store.clone(),
-        Peers::new(template, Secret::new("token")),
-        None,
-    ));
-    let stop = Shutdown::new();
-    let running = tokio::spawn(coordinator.clone().run(stop.cancelled()));
-
+    let h = Harness::start(GUILDS_TO_PULL, [(1, Mode::Live), (2, Mode::Live)]).await;
     // The handoff is under way (so both peers were seen live) ...
     eventually("the handoff to start", || async {
-        (coordinator.progress().pulled > 0).then_some(())
+        (h.coordinator.progress().pulled > 0).then_some(())
     })
     .await;
-    assert!(view.covering().is_empty(), "both peers are live");
+    assert!(h.view.covering().is_empty(), "both peers are live");
     // ... when peer 2 goes away.
-    peers
-        .up
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&2);
-    let noticed = tokio::time::Instant::now();
-    while !view.covering().contains(&Ordinal(2)) {
-        assert!(
-            noticed.elapsed() < Duration::from_secs(5),
-            "peer 2 not covered 5 s after it went down (handoff: {:?})",
-            coordinator.progress()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let progress = coordinator.progress();
+    h.peers.set(2, Mode::Down);
+    h.covered_within(2, Duration::from_secs(5)).await;
+    let progress = h.coordinator.progress();
     assert!(
         progress.pending_pull > 0,
         "the cover must not have waited for the handoff to finish: {progress:?}"
     );
-
-    // It is still the peer's own business once it is back.
-    peers
-        .up
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(2);
+    // Back: its own guilds are its own business again.
+    h.peers.set(2, Mode::Live);
     eventually("the cover to end when peer 2 is back", || async {
-        view.covering().is_empty().then_some(())
+        h.view.covering().is_empty().then_some(())
     })
     .await;
+    h.stop().await;
+}
 
-    stop.trigger();
-    tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("the coordinator stops, even mid-handoff")
-        .expect("no panic");
-    server.abort();
-    store.close().await.expect("close");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_stopped_before_this_pod_saw_it_live_is_covered() {
+    // Peer 2 went ready and got SIGTERM within one poll: the first this pod hears of it is
+    // "stopping". A pod starting up (peer 1, never ready yet) is not covered: at cluster
+    // start nobody processed its guilds before, so there is nothing to keep going.
+    let h = Harness::start(0, [(1, Mode::Starting), (2, Mode::Stopping)]).await;
+    h.covered_within(2, Duration::from_secs(5)).await;
+    assert!(
+        !h.view.covering().contains(&Ordinal(1)),
+        "a peer never seen live or stopping is not covered"
+    );
+    // It exits; the cover goes on while it is away.
+    h.peers.set(2, Mode::Down);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(h.view.covering().contains(&Ordinal(2)));
+    h.stop().await;
 }

@@ -80,10 +80,10 @@ pub struct Coordinator {
     progress: Mutex<HandoffProgress>,
     /// For each guild this pod owns that peers still hold: which peers (on-demand pulls).
     holders: Mutex<BTreeMap<GuildId, BTreeSet<Ordinal>>>,
-    /// Peers seen live since this pod started: when last (Unix ms), and their process
-    /// instance. Only those are covered when down, so a cluster starting up (or a new ordinal
-    /// not yet started) does not make every pod process everything; a cover starts from that
-    /// time; and a changed instance means the peer restarted unseen.
+    /// Peers seen live (or stopping) since this pod started: when last (Unix ms), and their
+    /// process instance. Only those are covered when down, so a cluster starting up (or a new
+    /// ordinal not yet started) does not make every pod process everything; a cover starts
+    /// from that time; and a changed instance means the peer restarted unseen.
     last_live: Mutex<BTreeMap<Ordinal, (u64, u64)>>,
     /// The most ordinals in play since start: draining pods of a forgotten previous topology
     /// are still probed.
@@ -203,9 +203,16 @@ impl Coordinator {
             let now = now_ms();
             let margin = COVER_MARGIN.as_millis() as u64;
             for (o, r) in &reports {
-                let Some(s) = r.as_ref().ok().filter(|s| live(s)) else {
+                let Ok(s) = r else { continue };
+                if s.state == "stopping" {
+                    // A pod that says it is stopping ran until now even if this pod never saw
+                    // it live (it can be stopped within a poll of its first READY), and it
+                    // keeps processing until a peer covers it: cover it from now on.
+                    last_live.entry(*o).or_insert((polled_at, s.instance));
+                }
+                if !live(s) {
                     continue;
-                };
+                }
                 if let Some((seen_at, instance)) = last_live.insert(*o, (polled_at, s.instance)) {
                     if instance != s.instance && o.0 < in_play && !was_covering.contains(o) {
                         // Restarted between two polls: nobody covered it while it was away.
