@@ -24,7 +24,11 @@
 //!    not ready, or `stopping`) under any topology it knows. A pod given SIGTERM first reports
 //!    `stopping`, keeps processing until a peer reports covering it (bounded wait), and only
 //!    then closes its gateway. Overlap is harmless (idempotent writes); the copies written by
-//!    covering pods are merged back by the handoff below.
+//!    covering pods are merged back by the handoff below. Only ordinals a pod has seen live,
+//!    or `stopping`, since it started are covered: a cluster starting up does not make every
+//!    pod process everything, and a pod stopped within a poll of its first READY (before any
+//!    peer saw it live) is still covered once it says `stopping`. Not covered: a pod killed
+//!    -9 within one poll of its very first READY, before any peer saw it at all.
 //!
 //!    **Covers start in the past.** A pod killed -9 is noticed only at its peers' next poll
 //!    (a poll interval plus a request timeout). Every pod runs every Discord shard, so its
