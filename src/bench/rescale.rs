@@ -318,8 +318,7 @@ fn check(
     let lost = missing.len() as u64 + doubled + misplaced;
     if lost > 0 {
         // Message ids are snowflakes stamped when the message was sent: when the loss happened.
-        let sent_ms = |id: u64| (id >> 22) + crate::ownership::DISCORD_EPOCH_MS;
-        let sent = missing.iter().map(|(_, m)| sent_ms(*m));
+        let sent = missing.iter().map(|(_, m)| crate::store::snowflake_ms(*m));
         tracing::warn!(
             missing = missing.len(),
             doubled,
