@@ -221,23 +221,6 @@ fn traffic(cluster: &LocalCluster, rate: f64, seed: u64) {
         .expect("traffic starts");
 }
 
-/// Waits until the pod's counted messages stop changing (traffic stopped) and returns them.
-async fn settled(cluster: &LocalCluster, ordinal: u32) -> BTreeSet<(u64, u64)> {
-    let db = cluster.db_path(ordinal);
-    let mut last = activity(&db);
-    eventually("the pod's rows to settle", || {
-        let now = activity(&db);
-        let same = now == last;
-        last = now.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            same.then_some(())
-        }
-    })
-    .await;
-    last
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_lost_its_volume_restores_its_replica_and_keeps_working() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -291,17 +274,26 @@ async fn a_pod_that_lost_its_volume_restores_its_replica_and_keeps_working() {
     .await;
 
     // Phase 2, SIGTERM: the pod stops, then its sidecar's final sync; the volume is lost
-    // again. Everything the pod committed comes back, up to its last write.
+    // again. Everything the pod committed comes back, up to its last write. The rows are read
+    // once both processes have exited, not when the traffic looks quiet: a message sent just
+    // before the generator stopped can still be recorded while the pod drains on SIGTERM.
     cluster.emulator().stop_traffic();
-    let before_stop = settled(&cluster, 0).await;
     assert_eq!(cluster.stop_pod(0, Duration::from_secs(25)).await, Some(0));
+    let at_exit = activity(&db);
     cluster.lose_volume(0).expect("lose the volume");
     cluster.start_pod(0).await.expect("the pod starts again");
     cluster.wait_ready(0, patience()).await.expect("ready");
-    assert_eq!(
-        activity(&db),
-        before_stop,
-        "rows after a clean stop and a lost volume"
+    let restored = activity(&db);
+    let lost: Vec<_> = at_exit.difference(&restored).collect();
+    let extra: Vec<_> = restored.difference(&at_exit).collect();
+    assert!(
+        lost.is_empty() && extra.is_empty(),
+        "rows after a clean stop and a lost volume: {} of {} lost, e.g. {:?}; {} extra, e.g. {:?}",
+        lost.len(),
+        at_exit.len(),
+        &lost[..lost.len().min(5)],
+        extra.len(),
+        &extra[..extra.len().min(5)],
     );
     assert_eq!(integrity(&db), "ok");
     cluster.shutdown().await;
@@ -325,12 +317,17 @@ async fn two_pods_replicate_into_their_own_paths_only() {
     let two = Topology::new(Strategy::Md5, 2).expect("2");
     let scratch = dir.path().join("scratch");
     for ordinal in 0..2 {
-        let rows = settled(&cluster, ordinal).await;
-        let copy = wait_replicated(&cluster, ordinal, &rows, &scratch, "the replica").await;
-        assert_eq!(
-            copy, rows,
-            "gateway-{ordinal}'s replica holds its rows, nothing else"
-        );
+        // The database is re-read each round: a message sent just before the generator
+        // stopped may still be on its way to the pod.
+        let db = cluster.db_path(ordinal);
+        let what = format!("gateway-{ordinal}'s replica to hold its rows, nothing else");
+        let copy = eventually(&what, || async {
+            let rows = activity(&db);
+            let copy = replica_rows(&cluster, ordinal, &scratch).await;
+            (copy == rows).then_some(copy)
+        })
+        .await;
+        assert!(!copy.is_empty(), "gateway-{ordinal} recorded messages");
         assert!(
             copy.iter()
                 .all(|(g, _)| owner(GuildId(*g), two) == Ordinal(ordinal)),
