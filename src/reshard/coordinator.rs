@@ -429,8 +429,12 @@ impl Coordinator {
 
     /// On SIGTERM, before closing the gateway: waits (up to `limit`) until a live peer reports
     /// covering this pod, so its guilds are never without a processing pod. Returns at once
-    /// when no peer is live.
+    /// when no peer is live, or when this pod processes nothing (a removed pod after
+    /// convergence), since then nothing of it needs covering.
     pub async fn await_cover(&self, limit: Duration) {
+        if self.view.processes_nothing() {
+            return;
+        }
         let me = self.me();
         let wait = async {
             loop {

@@ -238,6 +238,17 @@ impl OwnershipView {
     pub fn processes(&self, guild: Option<GuildId>) -> bool {
         self.read().processes(self.ordinal, guild)
     }
+
+    /// Whether no event at all is this pod's to process: its ordinal is outside the current
+    /// and previous topologies (a removed pod after convergence, or a standby) and it covers
+    /// no peer. Such a pod needs nobody to cover it when it stops.
+    pub fn processes_nothing(&self) -> bool {
+        let s = self.read();
+        let outside = |t: Topology| self.ordinal.0 >= t.pods.get();
+        outside(s.processing.current)
+            && s.processing.previous.is_none_or(outside)
+            && s.covering.is_empty()
+    }
 }
 
 impl ViewState {
@@ -323,6 +334,35 @@ mod tests {
             "a cover keeps its start"
         );
         assert_eq!(view.ordinals_in_play(), 5);
+    }
+
+    #[test]
+    fn only_a_removed_pod_that_covers_nobody_processes_nothing() {
+        let removed = |previous| {
+            OwnershipView::new(
+                Ordinal(3),
+                Processing {
+                    current: t(3),
+                    previous,
+                },
+            )
+        };
+        let draining = removed(Some(t(4)));
+        assert!(!draining.processes_nothing(), "still owns under 4 pods");
+        draining.converge();
+        assert!(draining.processes_nothing());
+        assert!(draining.set_covering([(Ordinal(1), 5)].into()));
+        assert!(!draining.processes_nothing(), "covers gateway-1");
+
+        let member = OwnershipView::new(
+            Ordinal(2),
+            Processing {
+                current: t(3),
+                previous: None,
+            },
+        );
+        assert!(!member.processes_nothing());
+        assert!(removed(None).processes_nothing(), "a standby");
     }
 
     #[test]
