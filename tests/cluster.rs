@@ -292,7 +292,8 @@ fn check_gateway(objs: &[Value], dir: &str) {
     for var in [
         "POD_ORDINAL",
         "POD_NAME",
-        "NUM_GATEWAY_PODS",
+        "POD_NAMESPACE",
+        "STATEFULSET_NAME",
         "SHARD_STRATEGY",
         "DISCORD_TOKEN",
         "DISCORD_APPLICATION_ID",
@@ -320,13 +321,20 @@ fn check_gateway(objs: &[Value], dir: &str) {
             "{dir}: {secret} from a Secret"
         );
     }
-    // NUM_GATEWAY_PODS must equal replicas (the downward API cannot expose replicas).
+    // The pod count comes live from this StatefulSet's spec.replicas: the pod watches the
+    // StatefulSet named here, in its own namespace. A NUM_GATEWAY_PODS would pin the count.
+    assert!(
+        !app_env.contains_key("NUM_GATEWAY_PODS"),
+        "{dir}: NUM_GATEWAY_PODS would override the live spec.replicas"
+    );
     assert_eq!(
-        literal(&app_env, "NUM_GATEWAY_PODS")
-            .parse::<i64>()
-            .expect("NUM_GATEWAY_PODS number"),
-        sts["spec"]["replicas"].as_i64().expect("replicas"),
-        "{dir}: NUM_GATEWAY_PODS == replicas"
+        literal(&app_env, "STATEFULSET_NAME"),
+        sts["metadata"]["name"].as_str().expect("name"),
+        "{dir}"
+    );
+    assert_eq!(
+        app_env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace",
+        "{dir}"
     );
 
     // The replica path is per ordinal, in the litestream.yml the pods actually mount.
@@ -435,24 +443,50 @@ fn check_gateway(objs: &[Value], dir: &str) {
     assert_eq!(pdb["spec"]["selector"], sts["spec"]["selector"]);
 }
 
-/// Non-root, read-only root filesystem, no capabilities, RuntimeDefault seccomp, no API token.
+/// Non-root, read-only root filesystem, no capabilities, RuntimeDefault seccomp; an API token
+/// only in the gateway pods (which watch their StatefulSet), none in the http pods.
 #[test]
 fn pods_are_locked_down() {
     for dir in KUSTOMIZATIONS {
         let objs = parse(&render(dir));
-        assert!(
-            !objs.iter().any(|o| {
-                ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"]
-                    .contains(&o["kind"].as_str().unwrap_or(""))
-            }),
-            "{dir}: no RBAC"
+        let gateway = pod_spec(find(&objs, "StatefulSet", "gateway"));
+        let http = pod_spec(find(&objs, "Deployment", "http"));
+        let (gateway_sa, http_sa) = (
+            gateway["serviceAccountName"].as_str().expect("gateway SA"),
+            http["serviceAccountName"].as_str().expect("http SA"),
         );
-        let sa = find(&objs, "ServiceAccount", "guildshard");
-        assert_eq!(sa["automountServiceAccountToken"], false);
+        assert_ne!(gateway_sa, http_sa, "{dir}: one account per role");
+        // The gateway gets a token (pod spec and account agree, so neither silently wins).
+        assert_eq!(gateway["automountServiceAccountToken"], true, "{dir}");
+        assert_eq!(
+            find(&objs, "ServiceAccount", gateway_sa)["automountServiceAccountToken"],
+            true,
+            "{dir}"
+        );
+        // The http pods get none, and nothing binds their account to a role.
+        assert_eq!(http["automountServiceAccountToken"], false, "{dir}");
+        assert_eq!(
+            find(&objs, "ServiceAccount", http_sa)["automountServiceAccountToken"],
+            false,
+            "{dir}"
+        );
+        assert!(
+            arr(&http["volumes"])
+                .iter()
+                .all(|v| v["projected"].is_null()),
+            "{dir}: no projected token volume in the http pods"
+        );
+        for b in objs
+            .iter()
+            .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")
+        {
+            assert!(
+                arr(&b["subjects"]).iter().all(|s| s["name"] != http_sa),
+                "{dir}: the http account is bound: {b}"
+            );
+        }
         for (kind, name) in [("StatefulSet", "gateway"), ("Deployment", "http")] {
             let spec = pod_spec(find(&objs, kind, name));
-            assert_eq!(spec["serviceAccountName"], "guildshard", "{dir}: {kind}");
-            assert_eq!(spec["automountServiceAccountToken"], false, "{dir}: {kind}");
             let psc = &spec["securityContext"];
             assert_eq!(psc["runAsNonRoot"], true, "{dir}: {kind}");
             assert!(
@@ -560,11 +594,12 @@ fn http_deployment_wiring() {
         for var in [
             "DISCORD_PUBLIC_KEY",
             "INTERNAL_AUTH_TOKEN",
-            "NUM_GATEWAY_PODS",
             "GATEWAY_INTERNAL_URL_TEMPLATE",
         ] {
             assert!(env.contains_key(var), "{dir}: http env lacks {var}");
         }
+        // It learns the pod count from the gateway pods; a fixed one would go stale.
+        assert!(!env.contains_key("NUM_GATEWAY_PODS"), "{dir}");
         let svc = find(&objs, "Service", "http");
         assert_eq!(
             svc["spec"]["selector"],
@@ -677,4 +712,136 @@ fn image_matches_the_manifests() {
         dockerfile.contains(&format!("FROM litestream/litestream:{tested} ")),
         "the image bundles the tested Litestream"
     );
+}
+
+/// Renders a throwaway overlay that renames everything (namePrefix and nameSuffix) on top of
+/// the example overlay, as a real deployment might.
+fn render_renamed() -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // kustomize takes only relative paths: climb from the temporary directory to `/`.
+    let tmp = std::fs::canonicalize(dir.path()).expect("canonical tempdir");
+    let example = std::fs::canonicalize(repo_root().join("cluster/overlays/example"))
+        .expect("canonical example");
+    let example = Path::new(&"../".repeat(tmp.components().count() - 1))
+        .join(example.strip_prefix("/").expect("absolute"));
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             namePrefix: blue-\nnameSuffix: -eu\nresources:\n  - {}\n",
+            example.display()
+        ),
+    )
+    .expect("write kustomization");
+    let out = run_bounded(
+        std::process::Command::new(tools().path("kubectl"))
+            .args(["kustomize"])
+            .arg(dir.path()),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "renamed overlay: {}", show(&out));
+    String::from_utf8(out.stdout).expect("rendered YAML is UTF-8")
+}
+
+/// The gateway's account may get, list and watch its own StatefulSet and nothing else, and
+/// the pods name that StatefulSet, also when an overlay renames it.
+fn check_rbac(objs: &[Value], what: &str) {
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { objs.iter().filter(|o| o["kind"] == kind).collect() };
+    let sets = of_kind("StatefulSet");
+    assert_eq!(sets.len(), 1, "{what}: one StatefulSet");
+    let sts = sets[0];
+    let sts_name = sts["metadata"]["name"].as_str().expect("StatefulSet name");
+    let spec = pod_spec(sts);
+    let sa = spec["serviceAccountName"]
+        .as_str()
+        .expect("gateway account");
+    assert_eq!(spec["automountServiceAccountToken"], true, "{what}: token");
+    assert_eq!(
+        find(objs, "ServiceAccount", sa)["automountServiceAccountToken"],
+        true,
+        "{what}: token"
+    );
+
+    assert!(
+        of_kind("ClusterRole").is_empty() && of_kind("ClusterRoleBinding").is_empty(),
+        "{what}: nothing cluster-wide"
+    );
+    let roles = of_kind("Role");
+    assert_eq!(roles.len(), 1, "{what}: one Role");
+    let role = roles[0];
+    let rules = arr(&role["rules"]);
+    assert_eq!(rules.len(), 1, "{what}: one rule: {role}");
+    let rule = &rules[0];
+    assert_eq!(strs(&rule["apiGroups"]), ["apps"], "{what}");
+    assert_eq!(strs(&rule["resources"]), ["statefulsets"], "{what}");
+    assert_eq!(
+        strs(&rule["resourceNames"]),
+        [sts_name],
+        "{what}: the Role must name the rendered StatefulSet"
+    );
+    let verbs: BTreeSet<&str> = strs(&rule["verbs"]).into_iter().collect();
+    assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "{what}");
+    assert_eq!(
+        rule.as_object().map(|r| r.len()),
+        Some(4),
+        "{what}: no other rule fields: {rule}"
+    );
+
+    let bindings = of_kind("RoleBinding");
+    assert_eq!(bindings.len(), 1, "{what}: one RoleBinding");
+    let binding = bindings[0];
+    assert_eq!(binding["roleRef"]["kind"], "Role", "{what}");
+    assert_eq!(
+        binding["roleRef"]["name"], role["metadata"]["name"],
+        "{what}"
+    );
+    let subjects = arr(&binding["subjects"]);
+    assert_eq!(subjects.len(), 1, "{what}: only the gateway account");
+    assert_eq!(subjects[0]["kind"], "ServiceAccount", "{what}");
+    assert_eq!(subjects[0]["name"], sa, "{what}");
+    assert!(
+        subjects[0]["namespace"].is_null()
+            || subjects[0]["namespace"] == sts["metadata"]["namespace"],
+        "{what}: the account in the pods' namespace"
+    );
+
+    // The pods watch the StatefulSet the Role names, in their own namespace.
+    let app = arr(&spec["containers"])
+        .iter()
+        .find(|c| c["name"] == "gateway")
+        .expect("gateway container");
+    let env = container_env(objs, app);
+    assert_eq!(literal(&env, "STATEFULSET_NAME"), sts_name, "{what}");
+    assert_eq!(
+        env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace",
+        "{what}"
+    );
+}
+
+#[test]
+fn gateway_may_only_read_its_own_statefulset() {
+    for dir in KUSTOMIZATIONS {
+        check_rbac(&parse(&render(dir)), dir);
+    }
+    // kustomize renames resourceNames only for kinds it knows; the base's kustomizeconfig.yaml
+    // makes the StatefulSet one of them. Without it this prefixed rendering would keep
+    // `gateway` and the pods' watch would be forbidden.
+    let renamed = parse(&render_renamed());
+    assert_eq!(
+        find(&renamed, "StatefulSet", "blue-gateway-eu")["kind"],
+        "StatefulSet"
+    );
+    check_rbac(&renamed, "renamed overlay");
+}
+
+#[test]
+fn no_fixed_pod_count_anywhere_in_the_rendering() {
+    for dir in KUSTOMIZATIONS {
+        let yaml = render(dir);
+        assert!(
+            !yaml.contains("NUM_GATEWAY_PODS"),
+            "{dir}: the pods read the count from spec.replicas; NUM_GATEWAY_PODS would pin it"
+        );
+    }
 }
