@@ -1,6 +1,8 @@
 //! The Kubernetes manifests: `cluster/` rendered by kustomize (`kubectl kustomize`, from the
-//! pinned kubectl wheel), every object validated offline against the Kubernetes 1.31 schemas in
-//! strict mode (`kubernetes-validate`), and the wiring schemas cannot see checked here.
+//! pinned kubectl wheel), every object validated offline in strict mode (`kubernetes-validate`)
+//! against the schemas of every Kubernetes minor the manifests support, and the wiring schemas
+//! cannot see checked here. `cluster/monitoring` (Prometheus Operator CRDs, which the schemas do
+//! not know) is parsed and checked against the pods it scrapes and the metrics that exist.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -15,6 +17,18 @@ const APP_SHUTDOWN_S: i64 = 20;
 const LITESTREAM_FINAL_SYNC_S: i64 = 30;
 
 const KUSTOMIZATIONS: [&str; 2] = ["cluster/base", "cluster/overlays/example"];
+
+/// The Kubernetes minors the manifests run on: from 1.30 (native sidecars need 1.29; the http
+/// pods' preStop `sleep` action is alpha and off in 1.29, on by default from 1.30) through the
+/// newest whose schemas the pinned kubernetes-validate (1.37.0) bundles.
+const MIN_KUBERNETES_MINOR: u32 = 30;
+const MAX_KUBERNETES_MINOR: u32 = 37;
+
+/// Discord's deadline for the first answer to an interaction.
+const DISCORD_DEADLINE_S: i64 = 3;
+
+/// How long Litestream must keep history: a bad deploy noticed after a weekend.
+const RETENTION_AT_LEAST: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn render(dir: &str) -> String {
     let out = run_bounded(
@@ -140,7 +154,9 @@ fn every_rendered_object_validates_strictly_against_kubernetes_schemas() {
             "{dir} rendered only {} objects",
             objs.len()
         );
-        for version in ["1.31", "1.37"] {
+        for minor in MIN_KUBERNETES_MINOR..=MAX_KUBERNETES_MINOR {
+            let version = format!("1.{minor}");
+            let version = version.as_str();
             let out = validate(&yaml, version);
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr);
@@ -844,4 +860,527 @@ fn no_fixed_pod_count_anywhere_in_the_rendering() {
             "{dir}: the pods read the count from spec.replicas; NUM_GATEWAY_PODS would pin it"
         );
     }
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    selector["matchExpressions"].is_null()
+        && selector["matchLabels"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| &labels[k] == v))
+}
+
+/// Named container ports of a pod (init containers included: Litestream is one).
+fn named_ports(spec: &Value) -> BTreeMap<&str, (i64, &Value)> {
+    all_containers(spec)
+        .into_iter()
+        .flat_map(|c| arr(&c["ports"]).iter().map(move |p| (p, c)))
+        .filter_map(|(p, c)| Some((p["name"].as_str()?, (p["containerPort"].as_i64()?, c))))
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_every_pod_by_its_port_names() {
+    let monitoring = parse(&render("cluster/monitoring"));
+    assert!(
+        monitoring
+            .iter()
+            .all(|o| o["apiVersion"] == "monitoring.coreos.com/v1"),
+        "cluster/monitoring holds only Prometheus Operator objects"
+    );
+    for dir in KUSTOMIZATIONS {
+        let objs = parse(&render(dir));
+        let mut scraped_by_role = BTreeMap::new();
+        for (kind, name) in [("StatefulSet", "gateway"), ("Deployment", "http")] {
+            let workload = find(&objs, kind, name);
+            let labels = &workload["spec"]["template"]["metadata"]["labels"];
+            let spec = pod_spec(workload);
+            let ports = named_ports(spec);
+            let monitor = find(&monitoring, "PodMonitor", name);
+            assert!(
+                labels_match(&monitor["spec"]["selector"], labels),
+                "{dir}: PodMonitor/{name} selects the {kind}'s pods"
+            );
+            let mut scraped = BTreeSet::new();
+            for ep in arr(&monitor["spec"]["podMetricsEndpoints"]) {
+                let port = ep["port"].as_str().expect("endpoints name their port");
+                assert!(
+                    ports.contains_key(port),
+                    "{dir}: PodMonitor/{name} scrapes port {port}, which the pods lack: {:?}",
+                    ports.keys()
+                );
+                assert_eq!(ep["path"], "/metrics", "{dir}: {name} {port}");
+                scraped.insert(port);
+            }
+            // The conventional annotations name the app's metrics port.
+            let ann = &workload["spec"]["template"]["metadata"]["annotations"];
+            assert_eq!(ann["prometheus.io/scrape"], "true", "{dir}: {kind}");
+            assert_eq!(ann["prometheus.io/path"], "/metrics", "{dir}: {kind}");
+            let ann_port: i64 = ann["prometheus.io/port"]
+                .as_str()
+                .and_then(|p| p.parse().ok())
+                .expect("prometheus.io/port is a number");
+            assert!(
+                scraped.iter().any(|p| ports[p].0 == ann_port),
+                "{dir}: {kind} annotation port {ann_port} is a scraped port"
+            );
+            scraped_by_role.insert(name, (scraped, ports));
+        }
+        let (gateway_scraped, gateway_ports) = &scraped_by_role["gateway"];
+        assert_eq!(
+            gateway_scraped,
+            &BTreeSet::from(["litestream", "public"]),
+            "{dir}: the app's and Litestream's metrics"
+        );
+        assert_eq!(scraped_by_role["http"].0, BTreeSet::from(["http"]), "{dir}");
+
+        // Litestream listens where its port is declared: on the sidecar, and only there.
+        let (ls_port, ls_container) = gateway_ports["litestream"];
+        assert_eq!(
+            ls_container["restartPolicy"], "Always",
+            "{dir}: on the sidecar"
+        );
+        let sts = find(&objs, "StatefulSet", "gateway");
+        for c in all_containers(pod_spec(sts)) {
+            let env = container_env(&objs, c);
+            if c["name"] == ls_container["name"] {
+                assert_eq!(
+                    literal(&env, "LITESTREAM_METRICS_ADDR"),
+                    format!(":{ls_port}"),
+                    "{dir}"
+                );
+            } else {
+                assert!(
+                    !env.contains_key("LITESTREAM_METRICS_ADDR"),
+                    "{dir}: {} would listen on Litestream's port too",
+                    c["name"]
+                );
+            }
+        }
+
+        // The NetworkPolicy lets the scrapes in.
+        let policy = find(&objs, "NetworkPolicy", "gateway");
+        for port in gateway_scraped {
+            let number = gateway_ports[port].0;
+            assert!(
+                arr(&policy["spec"]["ingress"])
+                    .iter()
+                    .any(|rule| rule["from"].is_null()
+                        && arr(&rule["ports"]).iter().any(|p| p["port"] == number)),
+                "{dir}: the NetworkPolicy blocks scraping port {port} ({number})"
+            );
+        }
+    }
+}
+
+/// Metric names in a PromQL expression: identifiers outside label matchers, ranges and
+/// strings that are not functions, keywords or the label lists of by/without/on/ignoring.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    const KEYWORDS: [&str; 8] = [
+        "and", "or", "unless", "bool", "offset", "inf", "nan", "atan2",
+    ];
+    const LABEL_LISTS: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    // Aggregations may put `by (...)` before their argument: `sum by (pod) (x)`.
+    const AGGREGATIONS: [&str; 12] = [
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+    ];
+    let b: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let skip_to = |i: &mut usize, close: char| {
+        let open = b[*i];
+        let mut depth = 0;
+        while *i < b.len() {
+            let c = b[*i];
+            if c == '"' || c == '\'' || c == '`' {
+                *i += 1;
+                while *i < b.len() && b[*i] != c {
+                    *i += if b[*i] == '\\' { 2 } else { 1 };
+                }
+            } else if c == open {
+                depth += 1;
+            } else if c == close {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            *i += 1;
+        }
+        *i += 1;
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            '"' | '\'' | '`' => {
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    i += if b[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            '{' => skip_to(&mut i, '}'),
+            '[' => skip_to(&mut i, ']'),
+            '#' => {
+                while i < b.len() && b[i] != '\n' {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '.') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '_' || b[i] == ':') {
+                    i += 1;
+                }
+                let word: String = b[start..i].iter().collect();
+                let mut j = i;
+                while j < b.len() && b[j].is_whitespace() {
+                    j += 1;
+                }
+                let call = j < b.len() && b[j] == '(';
+                if LABEL_LISTS.contains(&word.as_str()) {
+                    if call {
+                        i = j;
+                        skip_to(&mut i, ')');
+                    }
+                } else if !call
+                    && !AGGREGATIONS.contains(&word.as_str())
+                    && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
+                {
+                    names.insert(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+/// Whether the pods export `name`: the registered name (without the registry's prefix and the
+/// `_total`/histogram suffixes the encoder adds) or the full name appears as a string literal
+/// in the metrics source.
+fn exported_by_the_pods(name: &str) -> bool {
+    let sources = [
+        ("src/gateway/metrics.rs", "guildshard_"),
+        ("src/http/metrics.rs", "guildshard_http_"),
+    ];
+    let mut stems = vec![name];
+    for suffix in ["_total", "_bucket", "_count", "_sum"] {
+        if let Some(stem) = name.strip_suffix(suffix) {
+            stems.push(stem);
+        }
+    }
+    sources.iter().any(|(file, prefix)| {
+        let text = std::fs::read_to_string(repo_root().join(file)).expect("metrics source");
+        stems.iter().any(|stem| {
+            text.contains(&format!("\"{stem}\""))
+                || stem
+                    .strip_prefix(prefix)
+                    .is_some_and(|registered| text.contains(&format!("\"{registered}\"")))
+        })
+    })
+}
+
+/// Metric names the alert rules may use beyond the pods' own, each documented by its exporter.
+/// kube-state-metrics: docs/metrics/workload/pod-metrics.md (kube_pod_status_ready,
+/// kube_pod_init_container_status_restarts_total) and storage/persistentvolumeclaim-metrics.md;
+/// the kubelet's volume stats (/metrics of every kubelet); Prometheus' own `up`.
+const KUBE_METRICS: [&str; 5] = [
+    "kube_pod_status_ready",
+    "kube_pod_init_container_status_restarts_total",
+    "kubelet_volume_stats_available_bytes",
+    "kubelet_volume_stats_capacity_bytes",
+    "up",
+];
+
+fn alert_rules() -> Vec<Value> {
+    let monitoring = parse(&render("cluster/monitoring"));
+    let rules = find(&monitoring, "PrometheusRule", "guildshard");
+    arr(&rules["spec"]["groups"])
+        .iter()
+        .flat_map(|g| arr(&g["rules"]).iter().cloned())
+        .collect()
+}
+
+fn litestream_names_in_rules() -> BTreeSet<String> {
+    alert_rules()
+        .iter()
+        .flat_map(|r| metric_names(r["expr"].as_str().unwrap_or_default()))
+        .filter(|n| n.starts_with("litestream_"))
+        .collect()
+}
+
+#[test]
+fn alert_rules_use_only_metrics_that_exist() {
+    // The extractor itself, so the check below cannot pass by finding nothing.
+    assert_eq!(
+        metric_names(
+            "sum by (pod) (rate(a_total{job=\"x\", le=~\"1|2\"}[5m])) > on(pod) group_left(b) \
+             max_over_time(b[1h:5m]) * 2 and c offset 5m unless label_replace(d, \"x\", \"$1\", \"y\", \"(.*)\")"
+        ),
+        ["a_total", "b", "c", "d"].map(String::from).into()
+    );
+
+    let rules = alert_rules();
+    let mut used = BTreeSet::new();
+    for rule in &rules {
+        let alert = rule["alert"].as_str().expect("every rule is an alert");
+        let expr = rule["expr"].as_str().expect("expr");
+        assert!(
+            ["warning", "critical"].contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+            "{alert}: severity"
+        );
+        assert!(
+            rule["annotations"]["summary"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+                && rule["annotations"]["description"].is_string(),
+            "{alert}: summary and description"
+        );
+        assert!(
+            rule["for"].is_string(),
+            "{alert}: a `for` so one bad scrape does not page"
+        );
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{alert}: no metric in {expr}");
+        for name in names {
+            let known = if name.starts_with("guildshard_") {
+                exported_by_the_pods(&name)
+            } else if name.starts_with("litestream_") {
+                // Checked against the real binary's /metrics in
+                // litestream_accepts_the_config_and_serves_the_metrics_the_alerts_use.
+                true
+            } else {
+                KUBE_METRICS.contains(&name.as_str())
+            };
+            assert!(known, "{alert} uses {name}, which nothing exports");
+            used.insert(name);
+        }
+    }
+    // What the alerts must cover.
+    for needed in [
+        "guildshard_gateway_covers_late_total",
+        "guildshard_gateway_events_hold_overflow_total",
+        "kube_pod_status_ready",
+        "litestream_wal_size",
+        "litestream_txid",
+        "litestream_replica_operation_total",
+    ] {
+        assert!(used.contains(needed), "no alert on {needed}: {used:?}");
+    }
+}
+
+/// The real Litestream accepts litestream.yml as the sidecar runs it (metrics address set) and
+/// serves every litestream_* metric the alert rules use.
+#[test]
+fn litestream_accepts_the_config_and_serves_the_metrics_the_alerts_use() {
+    use crate::support::objstore::{start_object_store, Litestream};
+    use std::io::{Read as _, Write as _};
+
+    let wanted = litestream_names_in_rules();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = start_object_store(&dir.path().join("s3"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let db = dir.path().join("data/bot.db");
+    std::fs::create_dir_all(db.parent().expect("db dir")).expect("mkdir");
+    let conn = rusqlite::Connection::open(&db).expect("open db");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("WAL");
+    conn.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
+        .expect("write");
+    let ls = Litestream::new(&store, &db, 0)
+        .with_env("LITESTREAM_METRICS_ADDR", &format!("127.0.0.1:{port}"));
+    let config = Litestream::config_path().display().to_string();
+
+    let out = run_bounded(
+        &mut ls.command(&["databases", "-config", &config]),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "litestream databases: {}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&db.display().to_string()),
+        "the config names the database: {}",
+        show(&out)
+    );
+
+    let mut child = ls
+        .command(&["replicate", "-config", &config])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn litestream replicate");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut body = String::new();
+    let missing = loop {
+        conn.execute("INSERT INTO t VALUES (2)", []).expect("write");
+        body.clear();
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+        }
+        let served: BTreeSet<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let mut missing: Vec<String> = wanted
+            .iter()
+            .filter(|w| !served.contains(w.as_str()))
+            .cloned()
+            .collect();
+        // The lag alert counts uploads by this label value.
+        if !body.lines().any(|l| {
+            l.starts_with("litestream_replica_operation_total{") && l.contains("operation=\"PUT\"")
+        }) {
+            missing.push("litestream_replica_operation_total{operation=\"PUT\"}".into());
+        }
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        missing.is_empty(),
+        "Litestream does not serve {missing:?} on {port}; it served:\n{body}"
+    );
+}
+
+fn parse_go_duration(d: &str) -> Duration {
+    let (num, unit) = d.split_at(d.find(|c: char| c.is_ascii_alphabetic()).expect("a unit"));
+    let n: u64 = num.parse().expect("whole number");
+    Duration::from_secs(match unit {
+        "h" => n * 3600,
+        "m" => n * 60,
+        "s" => n,
+        other => panic!("unit {other} in {d}"),
+    })
+}
+
+#[test]
+fn litestream_keeps_a_week_of_history_and_exports_metrics() {
+    let shipped = std::fs::read_to_string(repo_root().join("litestream/litestream.yml"))
+        .expect("litestream.yml");
+    let ls: serde_yaml::Value = serde_yaml::from_str(&shipped).expect("litestream.yml parses");
+    let retention = parse_go_duration(ls["snapshot"]["retention"].as_str().expect("retention"));
+    let interval = parse_go_duration(ls["snapshot"]["interval"].as_str().expect("interval"));
+    assert!(
+        retention >= RETENTION_AT_LEAST,
+        "retention {retention:?}: a bad deploy noticed after a weekend must still be restorable"
+    );
+    assert!(
+        interval <= Duration::from_secs(24 * 3600) && interval < retention,
+        "snapshot interval {interval:?}: restores replay at most this much"
+    );
+    assert_eq!(
+        ls["addr"].as_str(),
+        Some("${LITESTREAM_METRICS_ADDR}"),
+        "the metrics address comes from the sidecar's env (empty elsewhere: no listener)"
+    );
+}
+
+#[test]
+fn pods_spread_over_nodes_and_zones() {
+    for dir in KUSTOMIZATIONS {
+        let objs = parse(&render(dir));
+        for (kind, name) in [("StatefulSet", "gateway"), ("Deployment", "http")] {
+            let workload = find(&objs, kind, name);
+            let labels = &workload["spec"]["template"]["metadata"]["labels"];
+            let constraints = arr(&pod_spec(workload)["topologySpreadConstraints"]);
+            let keys: BTreeSet<&str> = constraints
+                .iter()
+                .filter_map(|c| c["topologyKey"].as_str())
+                .collect();
+            assert_eq!(
+                keys,
+                BTreeSet::from(["kubernetes.io/hostname", "topology.kubernetes.io/zone"]),
+                "{dir}: {kind}"
+            );
+            for c in constraints {
+                assert_eq!(
+                    c["whenUnsatisfiable"], "ScheduleAnyway",
+                    "{dir}: {kind}: a one-node cluster must still schedule"
+                );
+                assert!(
+                    c["maxSkew"].as_i64().is_some_and(|s| s >= 1),
+                    "{dir}: {kind}"
+                );
+                assert!(
+                    labels_match(&c["labelSelector"], labels),
+                    "{dir}: {kind} spreads its own pods"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn http_pods_finish_interactions_before_they_stop() {
+    for dir in KUSTOMIZATIONS {
+        let objs = parse(&render(dir));
+        let dep = find(&objs, "Deployment", "http");
+        assert!(
+            dep["spec"]["replicas"].is_null(),
+            "{dir}: replicas in the Deployment fights the HPA on every apply"
+        );
+        let spec = pod_spec(dep);
+        let app = &arr(&spec["containers"])[0];
+        let pre_stop = &app["lifecycle"]["preStop"];
+        assert!(pre_stop["exec"].is_null(), "{dir}: the image has no shell");
+        let sleep = pre_stop["sleep"]["seconds"]
+            .as_i64()
+            .expect("a preStop sleep action");
+        assert!(
+            sleep >= DISCORD_DEADLINE_S,
+            "{dir}: preStop sleep {sleep} s shorter than Discord's deadline"
+        );
+        let grace = spec["terminationGracePeriodSeconds"]
+            .as_i64()
+            .expect("grace period set");
+        assert!(
+            grace > sleep + DISCORD_DEADLINE_S,
+            "{dir}: grace {grace} s must cover the preStop sleep and the drain"
+        );
+    }
+}
+
+#[test]
+fn minimum_kubernetes_version_is_documented() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+    let deploying = readme
+        .split("\n## Deploying")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Deploying section");
+    assert!(
+        deploying.contains(&format!("Kubernetes 1.{MIN_KUBERNETES_MINOR} or later")),
+        "README's Deploying section states the minimum Kubernetes version the tests validate"
+    );
 }
