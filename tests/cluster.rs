@@ -1384,3 +1384,81 @@ fn minimum_kubernetes_version_is_documented() {
         "README's Deploying section states the minimum Kubernetes version the tests validate"
     );
 }
+
+/// The build stage copies only what the binary is built from, and the context excludes local
+/// state.
+#[test]
+fn the_image_builds_from_its_sources_only() {
+    let dockerfile =
+        std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile at the root");
+    let build_stage: Vec<&str> = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .collect();
+    let mut copied = BTreeSet::new();
+    for line in build_stage.iter().filter(|l| l.starts_with("COPY ")) {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let (sources, _dest) = words.split_at(words.len() - 1);
+        for src in sources {
+            copied.insert(src.trim_end_matches('/'));
+        }
+    }
+    assert_eq!(
+        copied,
+        BTreeSet::from([
+            "Cargo.lock",
+            "Cargo.toml",
+            "litestream",
+            "migrations",
+            "src"
+        ]),
+        "the build stage copies exactly the sources"
+    );
+    // Every file the sources embed lies in a copied directory.
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(&repo_root().join("src"), &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        const MACRO: &str = "include_str!(\"";
+        for (i, _) in text.match_indices(MACRO) {
+            let rest = &text[i + MACRO.len()..];
+            let rel = rest.split('"').next().unwrap_or_default();
+            let path = file.parent().expect("dir").join(rel);
+            let path = std::fs::canonicalize(&path).expect("embedded file exists");
+            let top = path
+                .strip_prefix(std::fs::canonicalize(repo_root()).expect("root"))
+                .expect("inside the repository")
+                .components()
+                .next()
+                .expect("a path");
+            assert!(
+                copied.contains(top.as_os_str().to_str().unwrap_or_default()),
+                "{} embeds {}, which the build stage does not copy",
+                file.display(),
+                path.display()
+            );
+        }
+    }
+    let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).expect(".dockerignore");
+    let ignored: BTreeSet<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_start_matches('/').trim_end_matches('/'))
+        .collect();
+    for dir in ["target", ".git", ".cache"] {
+        assert!(ignored.contains(dir), ".dockerignore lacks {dir}");
+    }
+}
