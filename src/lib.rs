@@ -9,8 +9,9 @@
 //!   command set), [`shutdown`],
 //!   [`telemetry`], [`wire`] (serde types that cross processes, no I/O).
 //! - L1 [`store`] (per-pod SQLite: migrations, batched writer, idempotent upserts, guild
-//!   export/import) and [`emulator`] (a local Discord: gateway WebSocket, REST, control API,
-//!   traffic generator).
+//!   export/import), [`emulator`] (a local Discord: gateway WebSocket, REST, control API,
+//!   traffic generator) and [`kube_api`] (a Kubernetes API stand-in serving the gateway
+//!   StatefulSet to kubectl and client libraries: get, watch, scale, fault switches).
 //! - L2 [`reshard`] (topology transitions and guild handoff).
 //! - L3 [`gateway`] (a gateway pod: serenity, ownership filter, features, internal API) and
 //!   [`http`] (the stateless interactions and API service).
@@ -19,7 +20,7 @@
 //!   and [`dev`] (the `guildshard dev` live view).
 //! - L5 [`bench`] (`guildshard bench <scenario>`: measured speed and memory of the above).
 //!
-//! `http` never imports `store`; `emulator` never imports `gateway` or `http`
+//! `http` never imports `store`; `emulator` and `kube_api` never import `gateway` or `http`
 //! (`tests/architecture.rs` checks this).
 
 pub mod bench;
@@ -29,6 +30,7 @@ pub mod dev;
 pub mod emulator;
 pub mod gateway;
 pub mod http;
+pub mod kube_api;
 pub mod local_cluster;
 pub mod ownership;
 pub mod reshard;

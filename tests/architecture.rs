@@ -13,6 +13,7 @@ const RULES: &[(&str, &[&str])] = &[
             "config",
             "store",
             "emulator",
+            "kube_api",
             "reshard",
             "gateway",
             "http",
@@ -27,6 +28,7 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "store",
             "emulator",
+            "kube_api",
             "reshard",
             "gateway",
             "http",
@@ -39,6 +41,7 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "store",
             "emulator",
+            "kube_api",
             "reshard",
             "gateway",
             "http",
@@ -51,6 +54,7 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "store",
             "emulator",
+            "kube_api",
             "reshard",
             "gateway",
             "http",
@@ -63,6 +67,7 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "store",
             "emulator",
+            "kube_api",
             "reshard",
             "gateway",
             "http",
@@ -75,6 +80,7 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "store",
             "emulator",
+            "kube_api",
             "reshard",
             "gateway",
             "http",
@@ -87,6 +93,7 @@ const RULES: &[(&str, &[&str])] = &[
         "store",
         &[
             "emulator",
+            "kube_api",
             "reshard",
             "gateway",
             "http",
@@ -98,6 +105,7 @@ const RULES: &[(&str, &[&str])] = &[
         "emulator",
         &[
             "store",
+            "kube_api",
             "reshard",
             "gateway",
             "http",
@@ -105,16 +113,48 @@ const RULES: &[(&str, &[&str])] = &[
             "dev",
         ],
     ),
+    // The Kubernetes API stand-in is for tests and `dev`: production code (reshard, gateway,
+    // http) reaches Kubernetes through a client over HTTP, never through it.
+    (
+        "kube_api",
+        &[
+            "store",
+            "emulator",
+            "reshard",
+            "gateway",
+            "http",
+            "local_cluster",
+            "dev",
+            "bench",
+        ],
+    ),
     // Level 2.
     (
         "reshard",
-        &["emulator", "gateway", "http", "local_cluster", "dev"],
+        &[
+            "emulator",
+            "kube_api",
+            "gateway",
+            "http",
+            "local_cluster",
+            "dev",
+        ],
     ),
     // Level 3: the HTTP service is stateless and never touches a database.
-    ("gateway", &["http", "emulator", "local_cluster", "dev"]),
+    (
+        "gateway",
+        &["http", "emulator", "kube_api", "local_cluster", "dev"],
+    ),
     (
         "http",
-        &["store", "gateway", "emulator", "local_cluster", "dev"],
+        &[
+            "store",
+            "gateway",
+            "emulator",
+            "kube_api",
+            "local_cluster",
+            "dev",
+        ],
     ),
 ];
 

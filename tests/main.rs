@@ -11,6 +11,7 @@ mod coordinator;
 mod emulator;
 mod gateway;
 mod http;
+mod kube_api;
 mod litestream;
 mod ownership;
 mod reshard;
