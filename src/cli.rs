@@ -41,8 +41,9 @@ enum Command {
     Owner(OwnerArgs),
     /// Show how many guilds move, and where, when the pod count changes.
     Plan(PlanArgs),
-    /// Show the cluster as the gateway pods report it (reads NUM_GATEWAY_PODS,
-    /// SHARD_STRATEGY, GATEWAY_INTERNAL_URL_TEMPLATE, INTERNAL_AUTH_TOKEN).
+    /// Show the cluster as the gateway pods report it (reads GATEWAY_INTERNAL_URL_TEMPLATE,
+    /// INTERNAL_AUTH_TOKEN; the expected pod count from --pods, NUM_GATEWAY_PODS, the
+    /// StatefulSet through KUBECONFIG or the in-cluster service account, or else the pods).
     Status(StatusArgs),
     /// Register the bot's commands with Discord (bulk overwrite; idempotent).
     RegisterCommands,
@@ -85,6 +86,11 @@ struct StatusArgs {
     /// With --wait: give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// The pod count to judge against (default: NUM_GATEWAY_PODS, else the StatefulSet's
+    /// replicas, else what the pods report). Lets `kubectl exec gateway-0 -- guildshard
+    /// status --pods 3` run in the image, which has no shell to set variables with.
+    #[arg(long)]
+    pods: Option<u32>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -230,13 +236,20 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(err) => match err.downcast_ref::<UsageError>() {
-            Some(usage) => {
+        Err(err) => {
+            if let Some(usage) = err.downcast_ref::<UsageError>() {
                 eprintln!("guildshard: error: {usage}");
-                Ok(ExitCode::from(EXIT_USAGE))
+                return Ok(ExitCode::from(EXIT_USAGE));
             }
-            None => Err(err),
-        },
+            // The operator has to act (RBAC, the StatefulSet's name): one line, exit 64.
+            if let Some(refused @ guildshard::gateway::Error::PodCount(_)) =
+                err.downcast_ref::<guildshard::gateway::Error>()
+            {
+                eprintln!("guildshard: {refused}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+            Err(err)
+        }
     }
 }
 
@@ -389,9 +402,11 @@ fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long a gateway pod may take to drain after SIGTERM before it gives up waiting (the
-/// StatefulSet's grace period is longer, leaving time for Litestream's final sync).
-const GATEWAY_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a gateway pod may take to stop after SIGTERM before it gives up waiting: a pod
+/// removed by a scale-down first hands its guilds over (bounded by the StatefulSet's grace
+/// period, at most `DRAIN_LIMIT`), then closes and flushes (20 s).
+const GATEWAY_GRACE: std::time::Duration =
+    std::time::Duration::from_secs(guildshard::gateway::DRAIN_LIMIT.as_secs() + 20);
 
 fn cmd_gateway(config: GatewayConfig) -> anyhow::Result<()> {
     guildshard::telemetry::init(guildshard::telemetry::LogFormat::Json);
@@ -528,21 +543,14 @@ const STATUS_PROBE_BEYOND: u32 = 8;
 
 fn cmd_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     use guildshard::config::{Secret, UrlTemplate};
-    use guildshard::ownership::Ordinal;
     use guildshard::reshard::peers::Peers;
     use guildshard::reshard::status::{table, verdict, Verdict};
 
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let pods: u32 = match env("NUM_GATEWAY_PODS").map(|v| v.parse()) {
-        Some(Ok(n)) if n > 0 => n,
-        _ => {
-            eprintln!("guildshard: NUM_GATEWAY_PODS: must be a positive integer");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
-    };
-    let strategy: Strategy = match env("SHARD_STRATEGY").map_or(Ok(Strategy::Md5), |v| v.parse()) {
-        Ok(s) => s,
-        Err(err) => {
+    let strategy: Option<Strategy> = match env("SHARD_STRATEGY").map(|v| v.parse()) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(err)) => {
             eprintln!("guildshard: SHARD_STRATEGY: {err}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
@@ -562,26 +570,61 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         eprintln!("guildshard: INTERNAL_AUTH_TOKEN: must be set");
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
-    let expected = Topology::new(strategy, pods).context("a positive pod count")?;
+    let fixed = match (args.pods, env("NUM_GATEWAY_PODS").map(|v| v.parse::<u32>())) {
+        (Some(0), _) => {
+            eprintln!("guildshard: --pods: must be a positive integer");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        (Some(n), _) => Some(n),
+        (None, Some(Ok(n))) if n > 0 => Some(n),
+        (None, Some(_)) => {
+            eprintln!("guildshard: NUM_GATEWAY_PODS: must be a positive integer");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        (None, None) => None,
+    };
+    let statefulset = guildshard::config::GatewayConfig::statefulset_from_env(std::env::vars());
     let peers = Peers::new(template, Secret::new(token));
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
+        let source = match (fixed, statefulset) {
+            (None, Some(sts)) => Some(
+                guildshard::reshard::statefulset::StatefulSetSource::connect(&sts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            _ => None,
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout);
         loop {
-            let probes = (0..pods + STATUS_PROBE_BEYOND).map(Ordinal).map(|o| {
-                let peers = peers.clone();
-                async move { (o, peers.status(o).await.map_err(|e| e.to_string())) }
-            });
-            let all = futures::future::join_all(probes).await;
-            // Unreachable ordinals beyond N are simply not there; keep them out of the table.
-            let reports: Vec<_> = all
-                .into_iter()
-                .filter(|(o, r)| r.is_ok() || expected.is_member(*o))
-                .collect();
+            // The StatefulSet is read again each round: a scale during --wait is followed.
+            let pods = match (&source, fixed) {
+                (_, Some(n)) => Some(n),
+                (Some(src), None) => match src.get().await {
+                    Ok((t, _)) => Some(t.replicas),
+                    Err(err) => {
+                        eprintln!("guildshard: {err}");
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            let (expected, reports) = probe(&peers, pods, strategy).await;
+            let Some(expected) = expected else {
+                println!(
+                    "blocked: no gateway pod answered and the pod count is unknown (pass --pods N)"
+                );
+                if !args.wait || std::time::Instant::now() >= deadline {
+                    return Ok(ExitCode::from(EXIT_FAILURE));
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            };
             let v = verdict(expected, &reports);
             let done = v == Verdict::Converged;
             if !args.wait || done || std::time::Instant::now() >= deadline {
                 print!("{}", table(&reports));
+                println!("expected: {expected}");
                 println!("{v}");
                 return Ok(if done || !args.wait {
                     ExitCode::SUCCESS
@@ -592,4 +635,56 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     })
+}
+
+/// Asks every pod that may exist for its status. With `pods` unknown (no override, no API),
+/// the expected topology is the newest the pods report, as the HTTP service learns it.
+async fn probe(
+    peers: &guildshard::reshard::peers::Peers,
+    pods: Option<u32>,
+    strategy: Option<Strategy>,
+) -> (
+    Option<Topology>,
+    Vec<(
+        guildshard::ownership::Ordinal,
+        Result<guildshard::wire::StatusReport, String>,
+    )>,
+) {
+    use guildshard::ownership::Ordinal;
+    let ask = |upto: u32| {
+        let probes = (0..upto).map(Ordinal).map(|o| {
+            let peers = peers.clone();
+            async move { (o, peers.status(o).await.map_err(|e| e.to_string())) }
+        });
+        futures::future::join_all(probes)
+    };
+    // With no count to go by, ask a first few and follow the largest count reported.
+    let mut upto = pods.unwrap_or(1) + STATUS_PROBE_BEYOND;
+    let mut all = ask(upto).await;
+    let reported = all
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(|s| s.topology.pods.get())
+        .max()
+        .unwrap_or(0);
+    if pods.is_none() && reported + STATUS_PROBE_BEYOND > upto {
+        upto = reported + STATUS_PROBE_BEYOND;
+        all = ask(upto).await;
+    }
+    let answered: Vec<&guildshard::wire::StatusReport> =
+        all.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    let learned = guildshard::http::topology::newest(&answered);
+    let expected = match pods {
+        Some(n) => Topology::new(
+            strategy.or(learned.map(|t| t.strategy)).unwrap_or_default(),
+            n,
+        ),
+        None => learned,
+    };
+    // Unreachable ordinals beyond N are simply not there; keep them out of the table.
+    let reports = all
+        .into_iter()
+        .filter(|(o, r)| r.is_ok() || expected.is_some_and(|t| t.is_member(*o)))
+        .collect();
+    (expected, reports)
 }

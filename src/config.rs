@@ -20,8 +20,19 @@ pub const ENV_POD_ORDINAL: &str = "POD_ORDINAL";
 pub const ENV_POD_NAME: &str = "POD_NAME";
 /// Set by Kubernetes to the pod name; the last fallback for the ordinal.
 pub const ENV_HOSTNAME: &str = "HOSTNAME";
-/// How many gateway pods own guilds.
+/// How many gateway pods own guilds: a fixed override of the StatefulSet's `spec.replicas`, for
+/// places without the Kubernetes API.
 pub const ENV_NUM_GATEWAY_PODS: &str = "NUM_GATEWAY_PODS";
+/// A kubeconfig file for reaching the Kubernetes API (local runs; in a cluster the pod's
+/// service account is used).
+pub const ENV_KUBECONFIG: &str = "KUBECONFIG";
+/// Set by Kubernetes in every pod: the in-cluster API is there.
+pub const ENV_KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
+/// The namespace of the gateway StatefulSet (downward API `metadata.namespace`; default: the
+/// service account's or the kubeconfig context's namespace).
+pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
+/// The gateway StatefulSet's name (default `gateway`).
+pub const ENV_STATEFULSET_NAME: &str = "STATEFULSET_NAME";
 /// `md5` (default) or `jump`.
 pub const ENV_SHARD_STRATEGY: &str = "SHARD_STRATEGY";
 /// The bot token. Never logged.
@@ -126,6 +137,10 @@ struct RawEnv {
     pod_name: Option<String>,
     hostname: Option<String>,
     num_gateway_pods: Option<String>,
+    kubeconfig: Option<String>,
+    kubernetes_service_host: Option<String>,
+    pod_namespace: Option<String>,
+    statefulset_name: Option<String>,
     shard_strategy: Option<String>,
     discord_token: Option<String>,
     discord_application_id: Option<String>,
@@ -163,6 +178,10 @@ const KNOWN: &[&str] = &[
     ENV_POD_NAME,
     ENV_HOSTNAME,
     ENV_NUM_GATEWAY_PODS,
+    ENV_KUBECONFIG,
+    ENV_KUBERNETES_SERVICE_HOST,
+    ENV_POD_NAMESPACE,
+    ENV_STATEFULSET_NAME,
     ENV_SHARD_STRATEGY,
     ENV_DISCORD_TOKEN,
     ENV_DISCORD_APPLICATION_ID,
@@ -234,13 +253,49 @@ impl UrlTemplate {
     }
 }
 
+/// How the Kubernetes API is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubeAccess {
+    /// The pod's service account (token, CA and namespace mounted by Kubernetes).
+    InCluster,
+    /// A kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+}
+
+/// The gateway StatefulSet whose `spec.replicas` is the pod count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatefulSetRef {
+    /// How to reach the API.
+    pub access: KubeAccess,
+    /// Its namespace; `None`: the service account's (or kubeconfig context's) namespace.
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+}
+
+/// Where the number of gateway pods comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodCountSource {
+    /// `NUM_GATEWAY_PODS`: fixed for the life of the process.
+    Fixed {
+        /// The pod count.
+        pods: u32,
+        /// Whether a Kubernetes API was also configured (and is ignored): said in the log.
+        api_ignored: bool,
+    },
+    /// The StatefulSet's `spec.replicas`, watched live.
+    StatefulSet(StatefulSetRef),
+}
+
 /// Configuration of `guildshard gateway`.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     /// This pod's ordinal.
     pub ordinal: Ordinal,
-    /// The topology this pod is told to run under.
-    pub topology: Topology,
+    /// Where the pod count comes from.
+    pub pod_count: PodCountSource,
+    /// How guilds are assigned to pods.
+    pub strategy: Strategy,
     /// Discord connection settings.
     pub discord: DiscordConfig,
     /// The SQLite database file.
@@ -275,7 +330,8 @@ impl GatewayConfig {
         let raw = RawEnv::from_pairs(vars)?;
         Ok(GatewayConfig {
             ordinal: ordinal(&raw)?,
-            topology: topology(&raw)?,
+            pod_count: pod_count(&raw)?,
+            strategy: strategy(&raw)?,
             discord: discord(&raw)?,
             database_path: PathBuf::from(required(ENV_DATABASE_PATH, &raw.database_path)?),
             internal_token: internal_token(&raw)?,
@@ -318,19 +374,29 @@ impl GatewayConfig {
             ),
         })
     }
+}
 
-    /// Whether this pod is a standby: its ordinal is at or past `NUM_GATEWAY_PODS`, so it owns
-    /// nothing (it may be waiting for the env change of a scale-up, or draining after a
-    /// scale-down).
-    pub fn is_standby(&self) -> bool {
-        !self.topology.is_member(self.ordinal)
+impl GatewayConfig {
+    /// The StatefulSet a pod would watch in this environment, ignoring everything else (for
+    /// `guildshard status`, which runs beside the pods); `None` without a Kubernetes API.
+    pub fn statefulset_from_env<I>(vars: I) -> Option<StatefulSetRef>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut raw = RawEnv::from_pairs(vars).ok()?;
+        raw.num_gateway_pods = None;
+        match pod_count(&raw) {
+            Ok(PodCountSource::StatefulSet(sts)) => Some(sts),
+            _ => None,
+        }
     }
 }
 
 /// Configuration of `guildshard http`.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
-    /// The topology to route by until the gateway pods report theirs.
+    /// The topology to route by until the gateway pods report theirs (`NUM_GATEWAY_PODS`, or
+    /// one pod: every pod answers a guild it does not own with its topology).
     pub initial_topology: Topology,
     /// The Ed25519 key interactions are signed with.
     pub public_key: [u8; 32],
@@ -357,7 +423,15 @@ impl HttpConfig {
     {
         let raw = RawEnv::from_pairs(vars)?;
         Ok(HttpConfig {
-            initial_topology: topology(&raw)?,
+            initial_topology: Topology::new(
+                strategy(&raw)?,
+                raw.num_gateway_pods
+                    .as_deref()
+                    .map(pods_override)
+                    .transpose()?
+                    .unwrap_or(1),
+            )
+            .ok_or_else(|| ConfigError::new(ENV_NUM_GATEWAY_PODS, "must be positive"))?,
             public_key: public_key(&raw)?,
             internal_token: internal_token(&raw)?,
             url_template: url_template(&raw)?,
@@ -408,25 +482,76 @@ fn ordinal(raw: &RawEnv) -> Result<Ordinal, ConfigError> {
     ))
 }
 
-fn topology(raw: &RawEnv) -> Result<Topology, ConfigError> {
-    let pods: u32 = parse_num(
-        ENV_NUM_GATEWAY_PODS,
-        required(ENV_NUM_GATEWAY_PODS, &raw.num_gateway_pods)?,
-        "a positive integer",
-    )?;
-    let strategy = match &raw.shard_strategy {
-        None => Strategy::default(),
+fn pods_override(value: &str) -> Result<u32, ConfigError> {
+    match parse_num(ENV_NUM_GATEWAY_PODS, value, "a positive integer")? {
+        0 => Err(ConfigError::new(
+            ENV_NUM_GATEWAY_PODS,
+            "must be a positive integer, got \"0\"",
+        )),
+        n => Ok(n),
+    }
+}
+
+fn pod_count(raw: &RawEnv) -> Result<PodCountSource, ConfigError> {
+    // Checked even when NUM_GATEWAY_PODS wins, so a typo shows before it matters.
+    let name = raw.statefulset_name.as_deref().map_or("gateway", str::trim);
+    if !is_dns_label(name) {
+        return Err(ConfigError::new(
+            ENV_STATEFULSET_NAME,
+            format!("must be a Kubernetes object name, got {name:?}"),
+        ));
+    }
+    let namespace = raw.pod_namespace.as_deref().map(str::trim);
+    if let Some(ns) = namespace.filter(|ns| !is_dns_label(ns)) {
+        return Err(ConfigError::new(
+            ENV_POD_NAMESPACE,
+            format!("must be a Kubernetes namespace name, got {ns:?}"),
+        ));
+    }
+    let access = match (&raw.kubeconfig, &raw.kubernetes_service_host) {
+        (Some(path), _) => Some(KubeAccess::Kubeconfig(PathBuf::from(path.trim()))),
+        (None, Some(_)) => Some(KubeAccess::InCluster),
+        (None, None) => None,
+    };
+    if let Some(pods) = &raw.num_gateway_pods {
+        return Ok(PodCountSource::Fixed {
+            pods: pods_override(pods)?,
+            api_ignored: access.is_some(),
+        });
+    }
+    let Some(access) = access else {
+        return Err(ConfigError::new(
+            ENV_NUM_GATEWAY_PODS,
+            "is required when no Kubernetes API is configured \
+             (an in-cluster service account, or KUBECONFIG)",
+        ));
+    };
+    Ok(PodCountSource::StatefulSet(StatefulSetRef {
+        access,
+        namespace: namespace.map(str::to_owned),
+        name: name.to_owned(),
+    }))
+}
+
+/// An RFC 1123 label: what Kubernetes accepts as a namespace or StatefulSet name.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn strategy(raw: &RawEnv) -> Result<Strategy, ConfigError> {
+    match &raw.shard_strategy {
+        None => Ok(Strategy::default()),
         Some(s) => s
             .trim()
             .parse()
-            .map_err(|e| ConfigError::new(ENV_SHARD_STRATEGY, format!("{e}")))?,
-    };
-    Topology::new(strategy, pods).ok_or_else(|| {
-        ConfigError::new(
-            ENV_NUM_GATEWAY_PODS,
-            "must be a positive integer, got \"0\"",
-        )
-    })
+            .map_err(|e| ConfigError::new(ENV_SHARD_STRATEGY, format!("{e}"))),
+    }
 }
 
 fn discord(raw: &RawEnv) -> Result<DiscordConfig, ConfigError> {
@@ -552,8 +677,14 @@ mod tests {
     fn reads_a_complete_gateway_config() {
         let cfg = gateway_with(&[]).expect("valid");
         assert_eq!(cfg.ordinal, Ordinal(1));
-        assert_eq!(cfg.topology, Topology::new(Strategy::Md5, 3).expect("3"));
-        assert!(!cfg.is_standby());
+        assert_eq!(
+            cfg.pod_count,
+            PodCountSource::Fixed {
+                pods: 3,
+                api_ignored: false
+            }
+        );
+        assert_eq!(cfg.strategy, Strategy::Md5);
         assert_eq!(
             cfg.url_template.url_for(Ordinal(2)),
             "http://gateway-2.gateway-internal:8081"
@@ -574,9 +705,41 @@ mod tests {
     }
 
     #[test]
-    fn ordinal_past_the_pod_count_is_a_standby() {
-        let cfg = gateway_with(&[("POD_ORDINAL", "3")]).expect("valid");
-        assert!(cfg.is_standby());
+    fn the_pod_count_comes_from_the_statefulset_unless_overridden() {
+        let cfg = gateway_with(&[("NUM_GATEWAY_PODS", "<unset>"), ("KUBECONFIG", "/k/config")])
+            .expect("valid");
+        assert_eq!(
+            cfg.pod_count,
+            PodCountSource::StatefulSet(StatefulSetRef {
+                access: KubeAccess::Kubeconfig("/k/config".into()),
+                namespace: None,
+                name: "gateway".into(),
+            })
+        );
+        let cfg = gateway_with(&[
+            ("NUM_GATEWAY_PODS", "<unset>"),
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("POD_NAMESPACE", "bots"),
+            ("STATEFULSET_NAME", "gw"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            cfg.pod_count,
+            PodCountSource::StatefulSet(StatefulSetRef {
+                access: KubeAccess::InCluster,
+                namespace: Some("bots".into()),
+                name: "gw".into(),
+            })
+        );
+        // Both: the override wins, and the log says so.
+        let cfg = gateway_with(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")]).expect("valid");
+        assert_eq!(
+            cfg.pod_count,
+            PodCountSource::Fixed {
+                pods: 3,
+                api_ignored: true
+            }
+        );
     }
 
     #[test]
@@ -585,6 +748,7 @@ mod tests {
             ("NUM_GATEWAY_PODS", "0"),
             ("NUM_GATEWAY_PODS", "three"),
             ("NUM_GATEWAY_PODS", "<unset>"),
+            ("STATEFULSET_NAME", "Gateway_0"),
             ("SHARD_STRATEGY", "ring"),
             ("POD_ORDINAL", "-1"),
             ("DISCORD_TOKEN", "<unset>"),

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use crate::emulator::{CommandKind, CommandOption, EmulatorConfig, RunCommand, TrafficRequest};
 use crate::local_cluster::replication::Lag;
 use crate::local_cluster::tools::INSTALL_HINT;
-use crate::local_cluster::{ClusterConfig, LocalCluster, ObjectStore, Replication, Tools};
+use crate::local_cluster::{
+    ClusterConfig, LocalCluster, ObjectStore, Replication, StatefulSetSpec, Tools,
+};
 use crate::ownership::Strategy;
 use crate::shutdown::Shutdown;
 use crate::wire::StatusReport;
@@ -83,6 +85,7 @@ const REFRESH: Duration = Duration::from_secs(2);
 pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
     let (store, replication) = start_replication(&opts).await?;
     let cfg = ClusterConfig {
+        statefulset: StatefulSetSpec::default(),
         binary: opts.binary.clone(),
         pods: opts.pods,
         strategy: opts.strategy,
@@ -118,6 +121,11 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
     if let Some(addr) = cluster.http_addr() {
         println!("HTTP service on http://{addr} (interactions at /interactions)");
     }
+    println!(
+        "Kubernetes API stand-in on {}: kubectl --kubeconfig {} scale statefulset gateway --replicas=N",
+        cluster.kube().base_url(),
+        cluster.kubeconfig().display()
+    );
     if opts.rate > 0.0 {
         cluster.emulator().start_traffic(TrafficRequest {
             rate: opts.rate,
@@ -139,10 +147,22 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
         tick += 1;
         if let Some(to) = scale_to.filter(|_| started.elapsed() >= opts.scale_after) {
             scale_to = None;
-            println!("rescaling {} -> {to} pods (new ordinals first, env change rolls highest ordinal first, removed ordinals stop once drained)", cluster.num_gateway_pods());
+            println!(
+                "scaling the StatefulSet {} -> {to} replicas (pods follow live; new ordinals \
+                 start, removed ones hand their guilds over, then stop)",
+                cluster.num_gateway_pods()
+            );
             match cluster.rescale(to, Duration::from_secs(300)).await {
                 Ok(()) => println!("rescaled to {to} pods: converged"),
                 Err(err) => println!("rescale did not finish: {err}"),
+            }
+        }
+        // The StatefulSet controller's part of a `kubectl scale` run from another terminal.
+        let want = cluster.num_gateway_pods();
+        if cluster.running() != (0..want).collect::<Vec<u32>>() {
+            println!("the StatefulSet asks for {want} pods: starting and stopping ordinals");
+            if let Err(err) = cluster.reconcile(Duration::from_secs(300)).await {
+                println!("could not follow the StatefulSet: {err}");
             }
         }
         if opts.http && tick % 3 == 0 {

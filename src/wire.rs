@@ -23,9 +23,15 @@ pub struct StatusReport {
     pub ordinal: Ordinal,
     /// The topology the pod runs under now.
     pub topology: Topology,
-    /// The topology it ran under before, while a transition is under way.
-    pub previous_topology: Option<Topology>,
-    /// `active`, `standby`, `draining`, `transitioning`.
+    /// The topologies it ran under before, oldest first, until the transition converged: it
+    /// still processes the guilds it owned under each.
+    #[serde(default)]
+    pub previous_topologies: Vec<Topology>,
+    /// Where the pod count comes from and whether that source is reachable.
+    #[serde(default)]
+    pub topology_source: TopologySourceReport,
+    /// `active`, `transitioning`, `handing_off`, `draining` (removed, still holding guilds),
+    /// `removed` (outside the topology, empty), `stopping`.
     pub state: String,
     /// Whether the pod is ready (gateway connected, migrations applied).
     pub ready: bool,
@@ -60,6 +66,28 @@ pub struct StatusReport {
     /// Since when this process's gateway receives events (Unix ms).
     #[serde(default)]
     pub receiving_since_ms: Option<u64>,
+    /// Removed ordinals this pod last saw still holding guilds: if one disappears while
+    /// listed, this pod restores the rest from its replica.
+    #[serde(default)]
+    pub departing: Vec<Ordinal>,
+    /// Removed ordinals this pod last saw holding nothing: a removed pod stops only once every
+    /// member lists it here.
+    #[serde(default)]
+    pub departed_empty: Vec<Ordinal>,
+}
+
+/// Where a pod learns the pod count (`fixed`: `NUM_GATEWAY_PODS`; `statefulset`: the
+/// StatefulSet's `spec.replicas` through the Kubernetes API), and whether it can reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologySourceReport {
+    /// `fixed` or `statefulset`.
+    pub kind: String,
+    /// Whether the source answers; while it does not, the pod keeps the last count it knew.
+    pub connected: bool,
+    /// Since when it has not answered (Unix ms).
+    pub down_since_ms: Option<u64>,
+    /// Why, the last time it was asked.
+    pub last_error: Option<String>,
 }
 
 /// What the resharding coordinator of one pod has done and still has to do.
@@ -81,9 +109,9 @@ pub struct HandoffProgress {
 /// changes, so that afterwards anyone can check that every guild always had a processing pod.
 ///
 /// A pod processes an event of guild `g` at time `t` if it is receiving (`receiving_since_ms
-/// <= t`) and `g` belongs to it under `current` or `previous`, or belongs to a covered ordinal
-/// whose cover started at or before `t`. The record holds until the pod's next record, or
-/// until the process ends.
+/// <= t`) and `g` belongs to it under `current` or any topology in `history`, or belongs to a
+/// covered ordinal whose cover started at or before `t`. The record holds until the pod's next
+/// record, or until the process ends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessingWindow {
     /// The pod.
@@ -95,8 +123,9 @@ pub struct ProcessingWindow {
     pub receiving_since_ms: Option<u64>,
     /// The topology the pod runs under.
     pub current: Topology,
-    /// The topology it still processes its previous guilds under, until convergence.
-    pub previous: Option<Topology>,
+    /// The topologies it still processes its previous guilds under, until convergence.
+    #[serde(default)]
+    pub history: Vec<Topology>,
     /// Down peers it covers, each with the time from which their events are processed
     /// (earlier events still held are replayed when the cover starts).
     pub covering: Vec<(Ordinal, u64)>,
@@ -113,8 +142,9 @@ pub struct ReplayedWindow {
     pub at_ms: u64,
     /// The replaying pod's topology, which says which guilds are `for_ordinal`'s.
     pub current: Topology,
-    /// And its previous topology, until convergence.
-    pub previous: Option<Topology>,
+    /// And its previous topologies, until convergence.
+    #[serde(default)]
+    pub history: Vec<Topology>,
     /// The pod whose events were replayed.
     pub for_ordinal: Ordinal,
     /// From (Unix ms).

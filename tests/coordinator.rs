@@ -75,7 +75,8 @@ impl Peerage {
         StatusReport {
             ordinal: Ordinal(ordinal),
             topology: self.topology,
-            previous_topology: None,
+            previous_topologies: Vec::new(),
+            topology_source: Default::default(),
             state: if mode == Mode::Stopping {
                 "stopping"
             } else {
@@ -96,6 +97,8 @@ impl Peerage {
             handoff: HandoffProgress::default(),
             instance: u64::from(ordinal) + 1,
             receiving_since_ms: (mode == Mode::Live).then_some(1),
+            departing: Vec::new(),
+            departed_empty: Vec::new(),
         }
     }
 }
@@ -180,7 +183,7 @@ impl Harness {
             Ordinal(0),
             Processing {
                 current: three,
-                previous: None,
+                history: Vec::new(),
             },
         ));
         let store = Store::open(dir.path().join("pod.db")).await.expect("store");

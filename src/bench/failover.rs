@@ -19,7 +19,9 @@ use rand::SeedableRng;
 
 use super::{median, seed, spread, Error, Options, Row, Scratch};
 use crate::emulator::{EmulatorConfig, TrafficRequest};
-use crate::local_cluster::{ClusterConfig, LocalCluster, ObjectStore, Replication, Tools};
+use crate::local_cluster::{
+    ClusterConfig, LocalCluster, ObjectStore, Replication, StatefulSetSpec, Tools,
+};
 use crate::ownership::{GuildId, Strategy};
 use crate::store::{Store, StoreOptions};
 
@@ -30,6 +32,7 @@ use crate::store::{Store, StoreOptions};
 pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
     let scratch = Scratch::new(options, "failover")?;
     let cfg = ClusterConfig {
+        statefulset: StatefulSetSpec::default(),
         binary: options.binary.clone(),
         pods: 1,
         strategy: Strategy::Md5,
@@ -207,6 +210,7 @@ async fn replication_lag(options: &Options, tools: &Tools) -> Result<Vec<Row>, E
     )
     .map_err(|e| Error::Measure(e.to_string()))?;
     let cfg = ClusterConfig {
+        statefulset: StatefulSetSpec::default(),
         binary: options.binary.clone(),
         pods: 1,
         strategy: Strategy::Md5,

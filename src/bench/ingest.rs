@@ -17,7 +17,7 @@ use serenity::model::event::GatewayEvent;
 
 use super::{cpu_seconds, median, per_sec, Error, Options, Row, Scratch};
 use crate::emulator::{EmulatorConfig, TrafficRequest};
-use crate::local_cluster::{ClusterConfig, LocalCluster};
+use crate::local_cluster::{ClusterConfig, LocalCluster, StatefulSetSpec};
 use crate::ownership::Strategy;
 
 /// A step counts as kept up with when the pod took in this share of what was sent.
@@ -95,6 +95,7 @@ async fn start(
     guilds: usize,
 ) -> Result<LocalCluster, Error> {
     let cfg = ClusterConfig {
+        statefulset: StatefulSetSpec::default(),
         binary: options.binary.clone(),
         // Only ordinal 0 runs; NUM_GATEWAY_PODS says how many pods share the guilds.
         pods: 1,

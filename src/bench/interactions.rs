@@ -21,7 +21,7 @@ use super::{median, per_sec, Error, Options, Row, Scratch};
 use crate::emulator::{
     CommandKind, CommandOption, EmulatorConfig, RunCommand, SignedInteraction, TrafficRequest,
 };
-use crate::local_cluster::{ClusterConfig, LocalCluster};
+use crate::local_cluster::{ClusterConfig, LocalCluster, StatefulSetSpec};
 use crate::ownership::Strategy;
 
 /// Senders in the closed-loop peak measurement.
@@ -66,6 +66,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
 
 async fn start(options: &Options, dir: &std::path::Path) -> Result<LocalCluster, Error> {
     let cfg = ClusterConfig {
+        statefulset: StatefulSetSpec::default(),
         binary: options.binary.clone(),
         pods: 1,
         strategy: Strategy::Md5,

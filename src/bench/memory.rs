@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{median, rss_bytes, Error, Options, Row, Scratch};
 use crate::emulator::EmulatorConfig;
-use crate::local_cluster::{ClusterConfig, LocalCluster};
+use crate::local_cluster::{ClusterConfig, LocalCluster, StatefulSetSpec};
 use crate::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 
 /// Measures.
@@ -30,6 +30,7 @@ pub(crate) async fn run(options: &Options) -> Result<Vec<Row>, Error> {
     for &total in &totals {
         let scratch = Scratch::new(options, "memory")?;
         let cfg = ClusterConfig {
+            statefulset: StatefulSetSpec::default(),
             binary: options.binary.clone(),
             pods: 1,
             strategy: Strategy::Md5,

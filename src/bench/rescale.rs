@@ -1,7 +1,10 @@
 //! The `rescale` scenario: a cluster whose pods already hold realistic data for every guild
-//! changes its pod count the way the runbook says (`LocalCluster::rescale`: new ordinals
-//! first, then the env change rolls the pods highest ordinal first; on a scale-down the
-//! removed ordinals drain before they stop), with the traffic generator running throughout.
+//! changes its pod count the way the runbook says (`LocalCluster::rescale`: `kubectl scale`
+//! on the StatefulSet; the pods follow live, the controller starts new ordinals, removed
+//! ones hand their guilds over before they stop), with the traffic generator running
+//! throughout. The emulator enforces Discord's real identify limits (5 s window,
+//! `max_concurrency` 1, as for bots under 150 000 guilds); each row counts the identifies the
+//! emulator saw during the rescale and the pods that were restarted (must be 0).
 //!
 //! Before the pods start, each one's database is seeded with [`seed::ROWS_PER_GUILD`] rows
 //! per guild it owns (counted messages, the message cache, joins and a leave: a small, active
@@ -18,7 +21,7 @@ use rand::SeedableRng;
 
 use super::{median, seed, Error, Options, Row, Scratch};
 use crate::emulator::{EmulatorConfig, EventKind, TrafficRequest};
-use crate::local_cluster::{ClusterConfig, LocalCluster};
+use crate::local_cluster::{ClusterConfig, LocalCluster, StatefulSetSpec};
 use crate::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 use crate::store::{GuildExport, Store, StoreOptions};
 
@@ -63,6 +66,10 @@ struct Outcome {
     rows_moved: u64,
     converge_s: f64,
     lost: u64,
+    /// IDENTIFYs the emulator counted from the `kubectl scale` to `converged`.
+    identifies: u64,
+    /// Pods that stayed but whose process changed.
+    restarted: u64,
 }
 
 /// Measures.
@@ -113,9 +120,12 @@ fn row(guilds: usize, strategy: Strategy, from: u32, to: u32, outcomes: &[Outcom
         format!("{guilds} guilds, {strategy} {from}→{to}: time to converge"),
         format!("{:.1} s", m(|o| o.converge_s)),
         format!(
-            "{moved:.0} guilds moved ({:.1}%), {:.0} rows moved; events lost: {lost}{}",
+            "{moved:.0} guilds moved ({:.1}%), {:.0} rows moved; identifies: {:.0}; pods \
+             restarted: {}; events lost: {lost}{}",
             100.0 * moved / guilds.max(1) as f64,
             m(|o| o.rows_moved as f64),
+            m(|o| o.identifies as f64),
+            outcomes.iter().map(|o| o.restarted).sum::<u64>(),
             if lost == 0 { "" } else { " (MUST be 0)" },
         ),
     )
@@ -131,6 +141,7 @@ async fn rescale_once(
     run: usize,
 ) -> Result<Outcome, Error> {
     let cfg = ClusterConfig {
+        statefulset: StatefulSetSpec::default(),
         binary: options.binary.clone(),
         pods: from,
         strategy,
@@ -141,9 +152,9 @@ async fn rescale_once(
             // Small guilds keep the emulator's world modest; the data is seeded.
             members_per_guild: 5,
             channels_per_guild: 1,
-            identify_window_ms: 0,
-            // A large bot's identify bucket count: 100 shards start in seven 5 s windows.
-            max_concurrency: 16,
+            // Discord's limits: one identify per 5 s, bot-wide.
+            identify_window_ms: 5_000,
+            max_concurrency: 1,
             ..EmulatorConfig::default()
         },
         pod_env: vec![],
@@ -228,9 +239,23 @@ async fn rescale_and_check(
         duration_ms: None,
         seed: Some(21),
     })?;
+    let pids = |c: &LocalCluster| -> BTreeMap<u32, u32> {
+        c.running()
+            .into_iter()
+            .filter_map(|o| Some((o, c.pod(o)?.pid()?)))
+            .collect()
+    };
+    let pids_before = pids(cluster);
+    let identifies_before = cluster.emulator().counters().identifies;
     let started = Instant::now();
     let rescaled = cluster.rescale(after.pods.get(), RESCALE_LIMIT).await;
     let converge_s = started.elapsed().as_secs_f64();
+    let identifies = cluster.emulator().counters().identifies - identifies_before;
+    let pids_after = pids(cluster);
+    let restarted = pids_after
+        .iter()
+        .filter(|(o, pid)| pids_before.get(o).is_some_and(|p| p != *pid))
+        .count() as u64;
     // A little traffic under the new topology, then let the pods drain it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.emulator().stop_traffic();
@@ -259,6 +284,8 @@ async fn rescale_and_check(
                 rows_moved,
                 converge_s,
                 lost,
+                identifies,
+                restarted,
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -160,17 +160,17 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
     let processing = pod.ownership.processing();
     let totals = pod.metrics.totals();
     let guilds_held = pod.store.guilds_held() as u64;
-    let standby = !processing.current.is_member(pod.ordinal());
+    let removed = !processing.current.is_member(pod.ordinal());
     let handoff = pod.coordinator.progress();
     let held_foreign = pod.guilds_held_foreign().await;
     let state = if pod.stopping.load(Ordering::Relaxed) {
         "stopping"
-    } else if processing.previous.is_some() {
+    } else if processing.transitioning() {
         "transitioning"
-    } else if standby && guilds_held > 0 {
+    } else if removed && guilds_held > 0 {
         "draining"
-    } else if standby {
-        "standby"
+    } else if removed {
+        "removed"
     } else if handoff.pending_pull > 0 || !handoff.replicas_pending.is_empty() {
         "handing_off"
     } else {
@@ -179,7 +179,8 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
     StatusReport {
         ordinal: pod.ordinal(),
         topology: processing.current,
-        previous_topology: processing.previous,
+        previous_topologies: processing.history.clone(),
+        topology_source: pod.topology_source.report(),
         state: state.to_owned(),
         ready: pod.is_ready(),
         guilds_owned: pod.guilds_owned(),
@@ -195,6 +196,8 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
         handoff,
         instance: pod.instance,
         receiving_since_ms: pod.ownership.snapshot().receiving_since_ms,
+        departing: pod.coordinator.departing(true),
+        departed_empty: pod.coordinator.departing(false),
     }
 }
 
@@ -354,7 +357,8 @@ async fn metrics(State(pod): State<Arc<Pod>>) -> impl IntoResponse {
             &crate::gateway::metrics::Resharding {
                 handoff: pod.coordinator.progress(),
                 covering: pod.ownership.covering().len(),
-                transitioning: pod.ownership.processing().previous.is_some(),
+                transitioning: pod.ownership.processing().transitioning(),
+                topology_source_up: pod.topology_source.connected(),
             },
         ),
     )

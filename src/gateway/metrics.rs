@@ -227,6 +227,8 @@ pub struct Resharding {
     pub covering: usize,
     /// Whether the pod still processes a previous topology.
     pub transitioning: bool,
+    /// Whether the pod count's source (the Kubernetes API, or the fixed override) answers.
+    pub topology_source_up: bool,
 }
 
 fn encode_resharding(out: &mut String, pod: &str, r: &Resharding) -> std::fmt::Result {
@@ -273,6 +275,11 @@ fn encode_resharding(out: &mut String, pod: &str, r: &Resharding) -> std::fmt::R
             "guildshard_topology_transitioning",
             "1 while the pod still processes its previous topology's guilds",
             u64::from(r.transitioning),
+        ),
+        (
+            "guildshard_topology_source_up",
+            "0 while the Kubernetes API cannot be reached: the pod keeps the last pod count it knew",
+            u64::from(r.topology_source_up),
         ),
     ] {
         writeln!(

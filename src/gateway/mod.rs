@@ -19,6 +19,7 @@ pub mod internal_api;
 pub mod metrics;
 pub mod outbox;
 pub mod pod;
+pub mod pod_count;
 pub mod replay;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +52,13 @@ const CONTENT_RETENTION_MS: u64 = 7 * 86_400_000;
 pub const META_TOPOLOGY: &str = crate::reshard::coordinator::META_TOPOLOGY;
 /// How long a stopping pod waits for a peer to cover its guilds before closing the gateway.
 const AWAIT_COVER: Duration = Duration::from_secs(3);
+/// A removed pod's drain ends this long before Kubernetes' grace period does, leaving time to
+/// close the gateway, flush the database and let the Litestream sidecar sync last.
+const DRAIN_RESERVE: Duration = Duration::from_secs(10);
+/// The grace period assumed when the StatefulSet does not say (Kubernetes' default).
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// The longest a removed pod drains, whatever the grace period says.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(900);
 
 /// The two listeners a gateway pod serves on, already bound.
 pub struct Listeners {
@@ -72,6 +80,9 @@ pub enum Error {
     /// The resharding state could not be read or recorded.
     #[error("resharding: {0}")]
     Reshard(#[from] crate::reshard::Error),
+    /// The pod count cannot be learned: the operator has to act (exit 64).
+    #[error("pod count: {0}")]
+    PodCount(#[from] pod_count::Refused),
     /// A listener failed.
     #[error("serving http: {0}")]
     Serve(#[from] std::io::Error),
@@ -107,12 +118,24 @@ async fn run_pod(
         },
     )
     .await?;
-    let processing = crate::reshard::coordinator::start_topology(&store, cfg.topology).await?;
-    if let Some(previous) = processing.previous {
-        info!(%previous, current = %cfg.topology, "topology changed since this pod last ran");
+    let Some(count) = pod_count::resolve(&cfg.pod_count, &store, shutdown.cancelled()).await?
+    else {
+        info!("stopped before the pod count was known");
+        store.close().await?;
+        return Ok(());
+    };
+    let topology = crate::ownership::Topology::new(cfg.strategy, count.pods)
+        .expect("pod_count::resolve never returns 0 pods");
+    let processing = crate::reshard::coordinator::start_topology(&store, topology).await?;
+    if processing.transitioning() {
+        info!(
+            current = %topology,
+            history = ?processing.history.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "the topology changed since this pod last ran"
+        );
     }
-    if cfg.is_standby() {
-        info!(ordinal = %cfg.ordinal, topology = %cfg.topology, "standby: this ordinal owns no guilds under the configured topology");
+    if !topology.is_member(cfg.ordinal) {
+        info!(ordinal = %cfg.ordinal, %topology, "this ordinal owns no guilds under the current topology");
     }
 
     let transport = discord::transport().map_err(Error::Transport)?;
@@ -136,6 +159,7 @@ async fn run_pod(
         outbox_wake: Notify::new(),
         inflight: TaskTracker::new(),
         stopping: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
         sessions: pod::ShardSessions::default(),
         identifies: AtomicU64::new(0),
         guilds: Mutex::new(pod::SeenGuilds::default()),
@@ -143,6 +167,7 @@ async fn run_pod(
         replay: replay::ReplayBuffer::default(),
         last_error: Mutex::new(None),
         command_delay: cfg.command_delay,
+        topology_source: count.health.clone(),
     });
 
     // HTTP surfaces first, so probes answer (not ready) while the shards connect.
@@ -173,8 +198,16 @@ async fn run_pod(
             .instrument(tracing::info_span!("reshard")),
     );
     let covers = tokio::spawn(cover::run(pod.clone(), background.cancelled()).in_current_span());
+    let source = count.source.clone();
+    let following = tokio::spawn(
+        follow_pod_count(count, coordinator.clone(), background.cancelled()).in_current_span(),
+    );
 
     shutdown.cancelled().await;
+    let target = following_target(&pod, source.as_ref()).await;
+    if removed_by_scale_down(&pod, target) {
+        drain(&pod, grace_of(target)).await;
+    }
     info!("shutting down: closing the gateway, draining handlers, flushing the database");
     pod.stopping.store(true, Ordering::Relaxed);
     // Keep processing until a peer covers this pod's guilds (DESIGN §7, cover while down).
@@ -193,12 +226,106 @@ async fn run_pod(
     let _ = purge.await;
     let _ = resharding.await;
     let _ = covers.await;
+    let _ = following.await;
     store.close().await?;
     servers.trigger();
     let _ = public.await;
     let _ = internal.await;
     info!("shutdown complete");
     Ok(())
+}
+
+/// Follows the pod count's source: each new `spec.replicas` moves the pod to the new topology
+/// (no restart), until `stop`.
+async fn follow_pod_count(
+    count: pod_count::PodCount,
+    coordinator: Arc<Coordinator>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let Some(source) = count.source else {
+        stop.await;
+        return;
+    };
+    let mut targets = count.target.subscribe();
+    let retarget = async {
+        while targets.changed().await.is_ok() {
+            let replicas = targets.borrow_and_update().replicas;
+            if let Err(err) = coordinator.retarget(replicas).await {
+                warn!(cause = %err, replicas, "could not record the new pod count; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                targets.mark_changed();
+            }
+        }
+    };
+    tokio::select! {
+        () = source.watch(count.target.clone(), &count.health, stop) => {}
+        () = retarget => {}
+    }
+}
+
+/// The StatefulSet's target as the API says it now (asked again at SIGTERM: the watch may not
+/// have delivered the scale-down that caused it yet).
+async fn following_target(
+    pod: &Pod,
+    source: Option<&crate::reshard::statefulset::StatefulSetSource>,
+) -> Option<crate::reshard::statefulset::Target> {
+    let (target, _) = source?.get().await.ok()?;
+    if let Err(err) = pod.coordinator.retarget(target.replicas).await {
+        warn!(cause = %err, "could not record the pod count read at shutdown");
+    }
+    Some(target)
+}
+
+fn grace_of(target: Option<crate::reshard::statefulset::Target>) -> Duration {
+    target
+        .and_then(|t| t.grace)
+        .unwrap_or(DEFAULT_GRACE)
+        .min(DRAIN_LIMIT)
+}
+
+/// Whether this SIGTERM is a scale-down that removed this ordinal (as opposed to a restart:
+/// rollout, eviction, node drain, or the bot being stopped with replicas 0).
+fn removed_by_scale_down(pod: &Pod, target: Option<crate::reshard::statefulset::Target>) -> bool {
+    let replicas = target.map_or(pod.ownership.current().pods.get(), |t| t.replicas);
+    replicas > 0 && pod.ordinal().0 >= replicas
+}
+
+/// A removed pod keeps running, processing what it still must and serving exports, until the
+/// transition converged and the survivors pulled every guild it holds; at most until shortly
+/// before Kubernetes' grace period ends. What it could not hand over, the survivors restore
+/// from its Litestream replica.
+async fn drain(pod: &Pod, grace: Duration) {
+    let limit = grace.saturating_sub(DRAIN_RESERVE);
+    let held = pod.store.guilds_held();
+    info!(
+        guilds_held = held,
+        limit_s = limit.as_secs(),
+        "removed by a scale-down: serving exports until the remaining pods have pulled this pod's guilds"
+    );
+    pod.draining.store(true, Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    let drained = async {
+        loop {
+            if !pod.ownership.processing().transitioning()
+                && pod.store.guilds_held() == 0
+                && pod.coordinator.released().await
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    match tokio::time::timeout(limit, drained).await {
+        Ok(()) => info!(
+            drain_ms = started.elapsed().as_millis() as u64,
+            "every guild of this pod was pulled by its new owner"
+        ),
+        Err(_) => warn!(
+            guilds_held = pod.store.guilds_held(),
+            "the grace period ends before every guild was pulled: the remaining pods restore \
+             the rest from this pod's Litestream replica"
+        ),
+    }
 }
 
 /// Litestream restore settings for the replica fallback, when `LITESTREAM_CONFIG` names a

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::metrics::Metrics;
-use crate::ownership::{GuildId, Ordinal};
+use crate::ownership::{owner, GuildId, Ordinal, Topology};
 use crate::reshard::coordinator::Coordinator;
 use crate::reshard::topology::OwnershipView;
 use crate::store::Store;
@@ -38,16 +38,20 @@ pub struct Pod {
     pub inflight: TaskTracker,
     /// Set when no more events may be taken (shutdown under way).
     pub stopping: AtomicBool,
+    /// Set while a pod removed by a scale-down hands its guilds over before stopping.
+    pub draining: AtomicBool,
+    /// Whether the pod count's source (the StatefulSet) is reachable.
+    pub topology_source: Arc<crate::reshard::statefulset::SourceHealth>,
     /// Which of the pod's shards have had a session (READY) since the process started.
     pub sessions: ShardSessions,
     /// IDENTIFYs sent (sessions started) since the pod started.
     pub identifies: AtomicU64,
     /// Guilds this pod has seen a GUILD_CREATE for and processes, and how many of them it owns
-    /// (kept with the set: a pod's current topology never changes while it runs).
+    /// under the topology the count was taken for (recounted when the topology changes).
     pub guilds: Mutex<SeenGuilds>,
-    /// `(held generation, held guilds this pod does not own)`: recounted only when the set of
-    /// held guilds changes, not on every status poll.
-    pub held_foreign: Mutex<Option<(u64, u64)>>,
+    /// `(held generation, topology, held guilds this pod does not own under it)`: recounted
+    /// only when the set of held guilds or the topology changes, not on every status poll.
+    pub held_foreign: Mutex<Option<(u64, Topology, u64)>>,
     /// What this pod received but did not process, for covers that start in the past.
     pub replay: crate::gateway::replay::ReplayBuffer,
     /// The last error worth reporting in status.
@@ -96,7 +100,10 @@ impl Pod {
         } else {
             guilds.present.remove(&guild)
         };
-        if changed && self.ownership.owns(guild) {
+        let current = self.ownership.current();
+        if guilds.counted_under != Some(current) {
+            guilds.recount(current, self.ordinal());
+        } else if changed && owner(guild, current) == self.ordinal() {
             if present {
                 guilds.owned += 1;
             } else {
@@ -108,10 +115,16 @@ impl Pod {
 
     /// Guilds seen that this pod owns under its current topology.
     pub fn guilds_owned(&self) -> u64 {
-        self.guilds
+        let mut guilds = self
+            .guilds
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .owned
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.ownership.current();
+        if guilds.counted_under != Some(current) {
+            guilds.recount(current, self.ordinal());
+            self.metrics.guilds_owned.set(guilds.owned as i64);
+        }
+        guilds.owned
     }
 
     /// Held guilds this pod does not own (still to hand off, or copies from covering a peer).
@@ -121,15 +134,22 @@ impl Pod {
             .held_foreign
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, foreign)) = cached.filter(|(seen, _)| *seen == generation) {
+        let current = self.ownership.current();
+        if let Some((_, _, foreign)) =
+            cached.filter(|(seen, under, _)| *seen == generation && *under == current)
+        {
             return foreign;
         }
         let held = self.store.guild_ids().await.unwrap_or_default();
-        let foreign = held.iter().filter(|g| !self.ownership.owns(**g)).count() as u64;
+        let foreign = held
+            .iter()
+            .filter(|g| owner(**g, current) != self.ordinal())
+            .count() as u64;
         *self
             .held_foreign
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((generation, foreign));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((generation, current, foreign));
         foreign
     }
 }
@@ -139,8 +159,22 @@ impl Pod {
 pub struct SeenGuilds {
     /// Present (GUILD_CREATE seen, no GUILD_DELETE since).
     pub present: HashSet<GuildId>,
-    /// How many of `present` this pod owns.
+    /// How many of `present` this pod owns under `counted_under`.
     pub owned: u64,
+    /// The topology `owned` was counted under.
+    pub counted_under: Option<Topology>,
+}
+
+impl SeenGuilds {
+    /// Counts the present guilds `me` owns under `topology` (after a change of the pod count).
+    fn recount(&mut self, topology: Topology, me: Ordinal) {
+        self.owned = self
+            .present
+            .iter()
+            .filter(|g| owner(**g, topology) == me)
+            .count() as u64;
+        self.counted_under = Some(topology);
+    }
 }
 
 /// The shards whose first session (READY) has arrived, against how many the pod runs.

@@ -207,7 +207,7 @@ mod tests {
             Ordinal(0),
             Processing {
                 current: two,
-                previous: None,
+                history: Vec::new(),
             },
         );
         let (mine, theirs): (Vec<u64>, Vec<u64>) =
@@ -254,7 +254,7 @@ mod tests {
             Ordinal(0),
             Processing {
                 current: one,
-                previous: None,
+                history: Vec::new(),
             },
         );
         let theirs: Vec<u64> = (1..200u64)

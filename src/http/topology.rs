@@ -3,7 +3,8 @@
 //!
 //! `NUM_GATEWAY_PODS`/`SHARD_STRATEGY` only seed the cache. A refresh asks every pod it knows
 //! of for `GET /internal/v1/status` (following reports of a larger N to the new ordinals) and
-//! picks the newest topology: one a pod reports as its *previous* topology has been superseded.
+//! picks the newest topology: one a pod reports among its *previous* topologies has been
+//! superseded.
 //! When several remain (pods disagree with no transition recorded), the one most pods report
 //! wins, then the larger N. Refreshes run periodically, and at once when a pod answers 409.
 
@@ -146,7 +147,7 @@ pub fn newest(reports: &[&StatusReport]) -> Option<Topology> {
     let superseded = |t: &Topology| {
         reports
             .iter()
-            .any(|r| r.previous_topology == Some(*t) && r.topology != *t)
+            .any(|r| r.previous_topologies.contains(t) && r.topology != *t)
     };
     let candidates: Vec<(Topology, usize)> = votes
         .values()
@@ -175,7 +176,8 @@ mod tests {
         StatusReport {
             ordinal: Ordinal(ordinal),
             topology: t(pods),
-            previous_topology: previous.map(t),
+            previous_topologies: previous.map(t).into_iter().collect(),
+            topology_source: Default::default(),
             state: "active".into(),
             ready: true,
             guilds_owned: 0,
@@ -191,6 +193,8 @@ mod tests {
             handoff: Default::default(),
             instance: 0,
             receiving_since_ms: None,
+            departing: Vec::new(),
+            departed_empty: Vec::new(),
         }
     }
 

@@ -6,9 +6,15 @@
 //! Level 4: uses `emulator`, `wire`, `ownership`, `shutdown`, `config`, `reshard` (rescale
 //! follows the runbook and waits on the `status` verdict).
 //!
-//! StatefulSet semantics reproduced here: pods are named `gateway-<ordinal>`, get `POD_ORDINAL`
-//! and `NUM_GATEWAY_PODS` in their environment, and each ordinal keeps its own data directory
-//! across restarts (its "PVC"). With [`Replication`], a pod's start is the pod spec's: the
+//! StatefulSet semantics reproduced here: the [`crate::kube_api`] stand-in serves the gateway
+//! StatefulSet, and the pods learn the pod count from it (watch, through a kubeconfig), as
+//! they do from the real API server in a cluster. Pods are named `gateway-<ordinal>`, get
+//! `POD_ORDINAL` in their environment, and each ordinal keeps its own data directory across
+//! restarts (its "PVC"). [`LocalCluster::reconcile`] is the StatefulSet controller: it starts
+//! the ordinals below `spec.replicas` and sends SIGTERM to those at or above it, highest
+//! first, following `podManagementPolicy` and the pod template's grace period. A terminating
+//! pod stays reachable by its peers until it exits (the headless Service publishes
+//! not-ready addresses). With [`Replication`], a pod's start is the pod spec's: the
 //! restore init container, then the Litestream native sidecar, then the gateway; its stop is
 //! the gateway first, then the sidecar's final sync. The pods reach each other through the
 //! [`directory`] proxy, which plays the part of the headless Service's DNS names.
@@ -39,6 +45,7 @@ pub use self::objstore::ObjectStore;
 pub use self::replication::{Replication, Sidecar};
 pub use self::tools::Tools;
 use crate::emulator::{self, Emulator, EmulatorConfig};
+use crate::kube_api::{self, KubeApi, KubeApiConfig, PodManagementPolicy};
 use crate::ownership::{Ordinal, Strategy, Topology};
 use crate::reshard::status::{self, Verdict};
 use crate::reshard::topology::now_ms;
@@ -50,8 +57,10 @@ use crate::wire::StatusReport;
 pub struct ClusterConfig {
     /// The `guildshard` binary the pods and the HTTP service run.
     pub binary: PathBuf,
-    /// Gateway pods (StatefulSet replicas).
+    /// Gateway pods (the StatefulSet's `spec.replicas` at start).
     pub pods: u32,
+    /// The StatefulSet's pod management and grace period.
+    pub statefulset: StatefulSetSpec,
     /// The ownership strategy.
     pub strategy: Strategy,
     /// Per-ordinal data directories live under here (kept across restarts).
@@ -68,6 +77,26 @@ pub struct ClusterConfig {
     pub replication: Option<Replication>,
 }
 
+/// What the stand-in's StatefulSet says about starting and stopping pods.
+#[derive(Clone, Copy, Debug)]
+pub struct StatefulSetSpec {
+    /// `spec.podManagementPolicy` (the manifests use `Parallel`).
+    pub pod_management: PodManagementPolicy,
+    /// The pod template's `terminationGracePeriodSeconds`: how long a stopping pod may take
+    /// (a removed pod hands its guilds over meanwhile) before it is killed.
+    pub grace: Duration,
+}
+
+impl Default for StatefulSetSpec {
+    /// As `cluster/base/gateway-statefulset.yaml`.
+    fn default() -> Self {
+        StatefulSetSpec {
+            pod_management: PodManagementPolicy::Parallel,
+            grace: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Why the cluster could not start or change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,6 +106,9 @@ pub enum Error {
     /// The emulator failed to start.
     #[error("emulator: {0}")]
     Emulator(#[from] emulator::Error),
+    /// The Kubernetes API stand-in failed.
+    #[error("kubernetes api stand-in: {0}")]
+    KubeApi(#[from] kube_api::Error),
     /// A child process did not come up.
     #[error("{name} did not start: {why} (see {log})")]
     ChildStart {
@@ -121,6 +153,8 @@ pub struct LocalCluster {
     cfg: ClusterConfig,
     emulator: Emulator,
     emulator_shutdown: Shutdown,
+    kube: KubeApi,
+    kube_shutdown: Shutdown,
     directory: Directory,
     proxy_addr: SocketAddr,
     proxy_shutdown: Shutdown,
@@ -129,7 +163,6 @@ pub struct LocalCluster {
     sidecars: BTreeMap<u32, Sidecar>,
     /// Every gateway process started so far.
     lives: Vec<PodLife>,
-    num_gateway_pods: u32,
     http: Option<ChildProcess>,
     internal_token: String,
     client: reqwest::Client,
@@ -147,6 +180,20 @@ impl LocalCluster {
             emulator_shutdown.clone(),
         )
         .await?;
+        let kube_shutdown = Shutdown::new();
+        let kube = kube_api::start(
+            KubeApiConfig {
+                replicas: cfg.pods,
+                pod_management_policy: cfg.statefulset.pod_management,
+                termination_grace_period_seconds: cfg.statefulset.grace.as_secs(),
+                tokens: vec![format!("local-kube-{:032x}", rand::random::<u128>())],
+                ..KubeApiConfig::default()
+            },
+            TcpListener::bind("127.0.0.1:0").await?,
+            kube_shutdown.clone(),
+        )
+        .await?;
+        kube.write_kubeconfig(&cfg.data_dir.join("kubeconfig"))?;
         let directory = Directory::default();
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
         let proxy_addr = proxy_listener.local_addr()?;
@@ -159,10 +206,11 @@ impl LocalCluster {
                 .await;
         });
         let mut cluster = LocalCluster {
-            num_gateway_pods: cfg.pods,
             cfg,
             emulator,
             emulator_shutdown,
+            kube,
+            kube_shutdown,
             directory,
             proxy_addr,
             proxy_shutdown,
@@ -177,9 +225,11 @@ impl LocalCluster {
                 .build()
                 .map_err(|e| Error::Io(std::io::Error::other(e)))?,
         };
+        // Parallel pod management: every ordinal at once (each waits only until it listens).
         for ordinal in 0..cluster.cfg.pods {
             cluster.start_pod(ordinal).await?;
         }
+        cluster.report_status();
         if cluster.cfg.http {
             cluster.start_http().await?;
         }
@@ -206,14 +256,28 @@ impl LocalCluster {
         self.pods.keys().copied().collect()
     }
 
-    /// `NUM_GATEWAY_PODS` as the pods are (or will be) started with.
-    pub fn num_gateway_pods(&self) -> u32 {
-        self.num_gateway_pods
+    /// The Kubernetes API stand-in serving the gateway StatefulSet.
+    pub fn kube(&self) -> &KubeApi {
+        &self.kube
     }
 
-    /// Changes `NUM_GATEWAY_PODS` for pods started from now on (the StatefulSet's env change).
+    /// The kubeconfig that reaches the stand-in (what `kubectl --kubeconfig` takes).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.cfg.data_dir.join("kubeconfig")
+    }
+
+    /// The StatefulSet's `spec.replicas`: the pod count the pods follow.
+    pub fn num_gateway_pods(&self) -> u32 {
+        self.kube.replicas()
+    }
+
+    /// Sets the StatefulSet's `spec.replicas` (what `kubectl scale` does), without starting or
+    /// stopping pods: running pods follow it live; [`LocalCluster::reconcile`] does the
+    /// controller's part.
     pub fn set_num_gateway_pods(&mut self, n: u32) {
-        self.num_gateway_pods = n.max(1);
+        if let Err(err) = self.kube.set_replicas(n) {
+            warn!(cause = %err, "could not set the StatefulSet's replicas");
+        }
     }
 
     /// A pod's data directory (its "PVC").
@@ -242,7 +306,9 @@ impl LocalCluster {
         let mut env: Vec<(String, String)> = [
             ("POD_NAME", format!("gateway-{ordinal}")),
             ("POD_ORDINAL", ordinal.to_string()),
-            ("NUM_GATEWAY_PODS", self.num_gateway_pods.to_string()),
+            ("KUBECONFIG", self.kubeconfig().display().to_string()),
+            ("POD_NAMESPACE", self.kube.namespace().to_owned()),
+            ("STATEFULSET_NAME", self.kube.name().to_owned()),
             ("SHARD_STRATEGY", self.cfg.strategy.to_string()),
             ("DISCORD_TOKEN", app.token.clone()),
             ("DISCORD_APPLICATION_ID", app.id.to_string()),
@@ -327,20 +393,16 @@ impl LocalCluster {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// SIGTERM the pod and wait up to `grace` (as Kubernetes does); returns its exit code.
-    /// Its Litestream sidecar is stopped after it, so the final sync sees its last writes.
+    /// SIGTERM the pod and wait up to `grace` (as Kubernetes does), then kill it; returns its
+    /// exit code. It stays reachable by its peers until it exits (the headless Service
+    /// publishes not-ready addresses). Its Litestream sidecar is stopped after it, so the final
+    /// sync sees its last writes.
     pub async fn stop_pod(&mut self, ordinal: u32, grace: Duration) -> Option<i32> {
+        let pod = self.pods.remove(&ordinal);
+        let sidecar = self.sidecars.remove(&ordinal);
+        let code = terminate(ordinal, pod, sidecar, grace).await;
         self.directory_mut().remove(&ordinal);
-        let code = match self.pods.remove(&ordinal) {
-            Some(pod) => pod.terminate(grace).await,
-            None => None,
-        };
         self.ended(ordinal, now_ms());
-        if let Some(sidecar) = self.sidecars.remove(&ordinal) {
-            if !sidecar.stop().await {
-                warn!(ordinal, "litestream sidecar did not stop cleanly");
-            }
-        }
         code
     }
 
@@ -445,19 +507,21 @@ impl LocalCluster {
 
     /// Every pod's status (ordinals `0..N + extra`), unreachable ones as errors.
     pub async fn statuses(&self, extra: u32) -> Vec<(Ordinal, Result<StatusReport, String>)> {
-        let probes = (0..self.num_gateway_pods + extra)
+        let n = self.num_gateway_pods();
+        let probes = (0..n + extra)
             .map(|o| async move { (Ordinal(o), self.status(o).await.map_err(|e| e.to_string())) });
         futures::future::join_all(probes)
             .await
             .into_iter()
-            .filter(|(o, r)| r.is_ok() || o.0 < self.num_gateway_pods)
+            .filter(|(o, r)| r.is_ok() || o.0 < n)
             .collect()
     }
 
     /// The `guildshard status` verdict for this cluster.
     pub async fn verdict(&self) -> Verdict {
-        let expected = Topology::new(self.cfg.strategy, self.num_gateway_pods)
-            .expect("num_gateway_pods is at least 1");
+        // Replicas 0 (the bot stopped) is judged against one pod: nothing answers, so blocked.
+        let expected = Topology::new(self.cfg.strategy, self.num_gateway_pods().max(1))
+            .expect("at least one pod");
         let extra = self.pods.keys().copied().max().unwrap_or(0) + 1;
         status::verdict(expected, &self.statuses(extra).await)
     }
@@ -482,47 +546,90 @@ impl LocalCluster {
     /// Restarts a running pod (SIGTERM, then start with the current environment) and waits
     /// until it is ready: one step of a StatefulSet rolling update.
     pub async fn roll_pod(&mut self, ordinal: u32, limit: Duration) -> Result<(), Error> {
-        self.stop_pod(ordinal, Duration::from_secs(25)).await;
+        self.stop_pod(ordinal, self.cfg.statefulset.grace).await;
         self.start_pod(ordinal).await?;
         self.wait_ready(ordinal, limit).await?;
         Ok(())
     }
 
-    /// Changes the pod count the way `cluster/RUNBOOK.md` tells an operator to, with
-    /// StatefulSet semantics, and waits until `guildshard status` says converged.
-    ///
-    /// Scale-up: raise replicas and `NUM_GATEWAY_PODS` together: the new ordinals start
-    /// (ascending), then the env change rolls the existing pods, highest ordinal first.
-    /// Scale-down: lower `NUM_GATEWAY_PODS` first (rolls every pod highest first; pods `>= N`
-    /// come back draining), wait until converged (draining pods empty), then lower replicas
-    /// (the pods `>= N` stop).
+    /// Changes the pod count the way `cluster/RUNBOOK.md` tells an operator to:
+    /// `kubectl scale statefulset gateway --replicas=<to>` (here: the stand-in's scale), then
+    /// the StatefulSet controller's part ([`LocalCluster::reconcile`]), and waits until
+    /// `guildshard status` says converged. No pod that stays is restarted.
     pub async fn rescale(&mut self, to: u32, limit: Duration) -> Result<(), Error> {
-        let to = to.max(1);
-        let from = self.num_gateway_pods;
-        self.set_num_gateway_pods(to);
-        let running = self.running();
-        for ordinal in from..to {
-            if !self.pods.contains_key(&ordinal) {
-                self.start_pod(ordinal).await?;
+        self.kube.set_replicas(to)?;
+        self.reconcile(limit).await?;
+        self.wait_converged(limit).await
+    }
+
+    /// The StatefulSet controller: brings the running ordinals to `0..spec.replicas`. New
+    /// ordinals start in ascending order (`OrderedReady`: each ready before the next;
+    /// `Parallel`: all at once); ordinals at or above `spec.replicas` get SIGTERM, highest
+    /// first (`OrderedReady`: one at a time; `Parallel`: all at once), and are killed if they
+    /// outlive the grace period. Returns once every change is done.
+    pub async fn reconcile(&mut self, limit: Duration) -> Result<(), Error> {
+        let sts = self.kube.statefulset();
+        let want = if sts.exists { sts.replicas } else { 0 };
+        let grace = sts.termination_grace_period;
+        let ordered = sts.pod_management_policy == PodManagementPolicy::OrderedReady;
+        let missing: Vec<u32> = (0..want).filter(|o| !self.pods.contains_key(o)).collect();
+        for &ordinal in &missing {
+            self.start_pod(ordinal).await?;
+            if ordered {
+                self.wait_ready(ordinal, limit).await?;
+            }
+            self.report_status();
+        }
+        let removed: Vec<u32> = self
+            .pods
+            .keys()
+            .rev()
+            .copied()
+            .filter(|o| *o >= want)
+            .collect();
+        if ordered {
+            for ordinal in removed {
+                self.stop_pod(ordinal, grace).await;
+                self.report_status();
+            }
+        } else if !removed.is_empty() {
+            let stopping: Vec<_> = removed
+                .iter()
+                .map(|o| {
+                    let pod = self.pods.remove(o);
+                    let sidecar = self.sidecars.remove(o);
+                    terminate(*o, pod, sidecar, grace)
+                })
+                .collect();
+            futures::future::join_all(stopping).await;
+            let at = now_ms();
+            for ordinal in removed {
+                self.directory_mut().remove(&ordinal);
+                self.ended(ordinal, at);
+            }
+        }
+        if !ordered {
+            for ordinal in missing {
                 self.wait_ready(ordinal, limit).await?;
             }
         }
-        for ordinal in running.into_iter().rev() {
-            self.roll_pod(ordinal, limit).await?;
+        self.report_status();
+        Ok(())
+    }
+
+    /// Reports the running pods in the StatefulSet's status, as the controller does.
+    fn report_status(&self) {
+        let running = self.pods.len() as u32;
+        if let Err(err) = self.kube.set_status(running, running) {
+            warn!(cause = %err, "could not report the StatefulSet's status");
         }
-        self.wait_converged(limit).await?;
-        let removed: Vec<u32> = self.pods.keys().copied().filter(|o| *o >= to).collect();
-        for ordinal in removed.into_iter().rev() {
-            self.stop_pod(ordinal, Duration::from_secs(25)).await;
-        }
-        self.wait_converged(limit).await
     }
 
     /// Starts the HTTP service and points the emulator's interactions at it.
     pub async fn start_http(&mut self) -> Result<(), Error> {
         let app = self.emulator.application();
+        // No pod count: the service learns the topology from the pods.
         let env: Vec<(String, String)> = [
-            ("NUM_GATEWAY_PODS", self.num_gateway_pods.to_string()),
             ("SHARD_STRATEGY", self.cfg.strategy.to_string()),
             ("DISCORD_TOKEN", app.token.clone()),
             ("DISCORD_APPLICATION_ID", app.id.to_string()),
@@ -563,13 +670,34 @@ impl LocalCluster {
         let _ = self.stop_http(Duration::from_secs(10)).await;
         let ordinals: Vec<u32> = self.pods.keys().rev().copied().collect();
         for ordinal in ordinals {
-            let _ = self.stop_pod(ordinal, Duration::from_secs(25)).await;
+            let _ = self.stop_pod(ordinal, self.cfg.statefulset.grace).await;
         }
         // Sidecars of pods that failed to start.
         for (_, sidecar) in std::mem::take(&mut self.sidecars) {
             sidecar.stop().await;
         }
         self.proxy_shutdown.trigger();
+        self.kube_shutdown.trigger();
         self.emulator_shutdown.drain(Duration::from_secs(5)).await;
     }
+}
+
+/// SIGTERM a pod, kill it after `grace`, then stop its sidecar (its final sync sees the pod's
+/// last writes).
+async fn terminate(
+    ordinal: u32,
+    pod: Option<ChildProcess>,
+    sidecar: Option<Sidecar>,
+    grace: Duration,
+) -> Option<i32> {
+    let code = match pod {
+        Some(pod) => pod.terminate(grace).await,
+        None => None,
+    };
+    if let Some(sidecar) = sidecar {
+        if !sidecar.stop().await {
+            warn!(ordinal, "litestream sidecar did not stop cleanly");
+        }
+    }
+    code
 }

@@ -22,8 +22,11 @@ use super::Error;
 
 /// The meta key holding the topology this pod last ran under.
 pub const META_TOPOLOGY: &str = "topology";
-/// The meta key holding the topology before that, until the transition converged ("" = none).
-pub const META_PREVIOUS: &str = "topology.previous";
+/// The meta key holding the topologies before that, oldest first, until the transition
+/// converged (a JSON list).
+pub const META_HISTORY: &str = "topology.history";
+/// Where a single previous topology was kept before the history (read once, then cleared).
+const META_PREVIOUS_V1: &str = "topology.previous";
 /// The meta key holding departed ordinals whose replica still has to be restored (JSON list).
 pub const META_REPLICAS_PENDING: &str = "reshard.replicas_pending";
 /// How often the peers are polled.
@@ -31,41 +34,78 @@ pub const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Ordinals probed beyond those that own (or owned, since this pod started) guilds, to find
 /// draining or standby pods after the previous topology is forgotten.
 pub const PROBE_BEYOND: u32 = 8;
+/// How long a replica restore that failed waits before it is tried again (a missing replica
+/// needs the operator; a restore is a whole download).
+pub const RESTORE_RETRY: Duration = Duration::from_secs(15);
 /// A down peer's guilds are covered from this long before it was last seen live: what it
 /// received just before then may not have been committed when it died, and a covering pod
 /// replays what it kept of that time.
 pub const COVER_MARGIN: Duration = Duration::from_secs(2);
 
 /// Reads the stored topologies, records `current`, and returns what the pod processes: the
-/// current topology and, until the transition converges, the one it ran under before. A pod
-/// restarted mid-transition (even by kill -9) gets the same previous topology back.
+/// current topology and, until the transition converges, every one it ran under before. A pod
+/// restarted mid-transition (even by kill -9) gets the same history back.
 ///
 /// # Errors
 /// [`Error::Store`] when the meta table cannot be read or written.
 pub async fn start_topology(store: &Store, current: Topology) -> Result<Processing, Error> {
-    let read = |v: Option<String>| v.and_then(|v| serde_json::from_str::<Topology>(&v).ok());
-    let stored = read(store.meta(META_TOPOLOGY).await?);
-    let stored_previous = read(store.meta(META_PREVIOUS).await?);
-    let previous = match stored {
-        Some(t) if t != current => Some(t),
-        _ => stored_previous.filter(|p| *p != current),
+    let stored = stored_processing(store).await?;
+    let processing = match stored {
+        Some(p) => p.retargeted(current),
+        None => Processing {
+            current,
+            history: Vec::new(),
+        },
     };
-    // Previous first: a crash between the two writes must not lose it.
+    record_processing(store, &processing).await?;
+    Ok(processing)
+}
+
+/// The topologies this pod last recorded, if any.
+///
+/// # Errors
+/// [`Error::Store`] when the meta table cannot be read.
+pub async fn stored_processing(store: &Store) -> Result<Option<Processing>, Error> {
+    let one = |v: Option<String>| v.and_then(|v| serde_json::from_str::<Topology>(&v).ok());
+    let Some(current) = one(store.meta(META_TOPOLOGY).await?) else {
+        return Ok(None);
+    };
+    let mut history: Vec<Topology> = store
+        .meta(META_HISTORY)
+        .await?
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or_default();
+    if let Some(previous) = one(store.meta(META_PREVIOUS_V1).await?) {
+        if !history.contains(&previous) {
+            history.insert(0, previous);
+        }
+    }
+    history.retain(|t| *t != current);
+    Ok(Some(Processing { current, history }))
+}
+
+/// Persists `processing`: history first, so a crash between the two writes never loses a
+/// topology some guilds still belong to.
+async fn record_processing(store: &Store, processing: &Processing) -> Result<(), Error> {
     store
         .apply(Write::SetMeta {
-            key: META_PREVIOUS.into(),
-            value: previous
-                .map(|p| serde_json::to_string(&p).unwrap_or_default())
-                .unwrap_or_default(),
+            key: META_HISTORY.into(),
+            value: serde_json::to_string(&processing.history).unwrap_or_default(),
         })
         .await?;
     store
         .apply(Write::SetMeta {
             key: META_TOPOLOGY.into(),
-            value: serde_json::to_string(&current).unwrap_or_default(),
+            value: serde_json::to_string(&processing.current).unwrap_or_default(),
         })
         .await?;
-    Ok(Processing { current, previous })
+    store
+        .apply(Write::SetMeta {
+            key: META_PREVIOUS_V1.into(),
+            value: String::new(),
+        })
+        .await?;
+    Ok(())
 }
 
 /// What one poll heard from each probed peer.
@@ -90,6 +130,18 @@ pub struct Coordinator {
     widest: std::sync::atomic::AtomicU32,
     /// One pull at a time, so a round and an on-demand pull do not race on one guild.
     pulling: tokio::sync::Mutex<()>,
+    /// Departed ordinals whose last restore failed: when, and why (retried after
+    /// [`RESTORE_RETRY`]).
+    restore_failed: Mutex<BTreeMap<u32, (std::time::Instant, String)>>,
+    /// Ordinals outside the topology seen reachable (removed pods handing over), and whether
+    /// they held guilds when last seen: if one becomes unreachable while it did, its replica
+    /// has the rest.
+    departing: Mutex<BTreeMap<u32, bool>>,
+    /// Handoff rounds started, to rotate where each round starts.
+    rounds: std::sync::atomic::AtomicU64,
+    /// Serialises changes of the topologies (a live change of the pod count, convergence), so
+    /// a convergence judged under one topology never clears the history of a newer one.
+    retargeting: tokio::sync::Mutex<()>,
 }
 
 impl Coordinator {
@@ -110,7 +162,44 @@ impl Coordinator {
             last_live: Mutex::new(BTreeMap::new()),
             widest: std::sync::atomic::AtomicU32::new(0),
             pulling: tokio::sync::Mutex::new(()),
+            retargeting: tokio::sync::Mutex::new(()),
+            rounds: std::sync::atomic::AtomicU64::new(0),
+            restore_failed: Mutex::new(BTreeMap::new()),
+            departing: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Moves this pod to `pods` pods (the StatefulSet's replicas changed), without a restart:
+    /// the current topology joins the history, recorded before it takes effect, and the pod
+    /// processes the union until every pod runs the new one. `0` (the bot is stopped) changes
+    /// nothing: the pods stop with their data, and come back under their last topology.
+    /// Returns whether the topology changed.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the new topologies cannot be recorded (nothing changed then).
+    pub async fn retarget(&self, pods: u32) -> Result<bool, Error> {
+        let _one = self.retargeting.lock().await;
+        let processing = self.view.processing();
+        let Some(next) = Topology::new(processing.current.strategy, pods) else {
+            info!(
+                current = %processing.current,
+                "replicas is 0: the bot is being stopped; keeping the current topology"
+            );
+            return Ok(false);
+        };
+        if next == processing.current {
+            return Ok(false);
+        }
+        let next_processing = processing.retargeted(next);
+        record_processing(&self.store, &next_processing).await?;
+        self.view.set_processing(next_processing.clone());
+        info!(
+            from = %processing.current,
+            to = %next,
+            history = ?next_processing.history.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "pod count changed: processing every topology in the history until all pods run the new one"
+        );
+        Ok(true)
     }
 
     fn me(&self) -> Ordinal {
@@ -157,7 +246,7 @@ impl Coordinator {
         while reports.changed().await.is_ok() {
             let latest = reports.borrow_and_update().clone();
             let p = self.view.processing();
-            if p.previous.is_some() {
+            if p.transitioning() {
                 continue;
             }
             if let Err(err) = self.handoff_round(p.current, &latest).await {
@@ -240,14 +329,56 @@ impl Coordinator {
         }
 
         let p = self.view.processing();
-        if let Some(previous) = p.previous {
-            if converged(p.current, self.me(), &reports) {
-                if let Err(err) = self.converge(p.current, previous, &reports).await {
-                    self.fail(&err);
-                }
+        if !p.transitioning() {
+            if let Err(err) = self.follow_departing(p.current, &reports).await {
+                self.fail(&err);
+            }
+        }
+        if p.transitioning() && converged(p.current, self.me(), &reports) {
+            if let Err(err) = self.converge(&p, &reports).await {
+                self.fail(&err);
             }
         }
         reports
+    }
+
+    /// A removed pod hands its guilds over within its grace period; one that disappears while
+    /// still holding guilds (killed -9, or the grace period ran out) left the rest in its
+    /// Litestream replica, which is restored like any departed ordinal's.
+    async fn follow_departing(&self, current: Topology, reports: &Reports) -> Result<(), Error> {
+        let vanished: Vec<u32> = {
+            let mut departing = self
+                .departing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut vanished = Vec::new();
+            for (o, r) in reports {
+                if current.is_member(*o) {
+                    continue;
+                }
+                match r {
+                    Ok(s) => {
+                        departing.insert(o.0, s.guilds_held > 0);
+                    }
+                    Err(_) => {
+                        if departing.remove(&o.0) == Some(true) {
+                            vanished.push(o.0);
+                        }
+                    }
+                }
+            }
+            vanished
+        };
+        if vanished.is_empty() {
+            return Ok(());
+        }
+        warn!(
+            ordinals = ?vanished,
+            "removed pods stopped before every guild was pulled: restoring the rest from their replicas"
+        );
+        let mut pending = self.replicas_pending().await?;
+        pending.extend(vanished);
+        self.set_replicas_pending(&pending).await
     }
 
     fn fail(&self, err: &Error) {
@@ -255,14 +386,16 @@ impl Coordinator {
         self.progress_mut().last_error = Some(err.to_string());
     }
 
-    async fn converge(
-        &self,
-        current: Topology,
-        previous: Topology,
-        reports: &Reports,
-    ) -> Result<(), Error> {
+    async fn converge(&self, judged: &Processing, reports: &Reports) -> Result<(), Error> {
+        let _one = self.retargeting.lock().await;
+        if self.view.processing() != *judged {
+            // The pod count changed while the peers were polled: judge again next round.
+            return Ok(());
+        }
+        let current = judged.current;
+        let widest = judged.all().map(|t| t.pods.get()).max().unwrap_or(1);
         // Departed ordinals nobody can pull from: their replica is all that is left.
-        let gone: Vec<u32> = (current.pods.get()..previous.pods.get())
+        let gone: Vec<u32> = (current.pods.get()..widest)
             .filter(|o| reports.iter().any(|(r, s)| r.0 == *o && s.is_err()))
             .collect();
         if !gone.is_empty() {
@@ -270,16 +403,18 @@ impl Coordinator {
             pending.extend(gone);
             self.set_replicas_pending(&pending).await?;
         }
-        self.store
-            .apply(Write::SetMeta {
-                key: META_PREVIOUS.into(),
-                value: String::new(),
-            })
-            .await?;
+        record_processing(
+            &self.store,
+            &Processing {
+                current,
+                history: Vec::new(),
+            },
+        )
+        .await?;
         self.view.converge();
         info!(
-            current = %current,
-            %previous,
+            %current,
+            history = ?judged.history.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "transition converged: processing the current topology only"
         );
         Ok(())
@@ -313,7 +448,7 @@ impl Coordinator {
             .iter()
             .filter_map(|(o, r)| r.as_ref().ok().map(|s| (*o, s)))
             .filter(|(_, s)| {
-                s.previous_topology.is_none()
+                s.previous_topologies.is_empty()
                     && s.state != "stopping"
                     && !s.covering.contains(&me)
                     && s.handoff_pending > 0
@@ -334,20 +469,41 @@ impl Coordinator {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = holders.clone();
         let mut remaining = holders.values().map(|h| h.len() as u64).sum::<u64>();
         self.progress_mut().pending_pull = remaining;
-        for (guild, from) in holders {
-            for o in from {
-                let moved = self.pull_one(o, guild).await?;
-                if moved {
+        // One guild's failure (a peer that vanished mid-round, an export that fails) does not
+        // hold up the others: it is retried next round, and each round starts elsewhere in the
+        // list so a guild that keeps failing is not always first.
+        let mut pulls: Vec<(GuildId, Ordinal)> = holders
+            .into_iter()
+            .flat_map(|(g, from)| from.into_iter().map(move |o| (g, o)))
+            .collect();
+        if !pulls.is_empty() {
+            let round = self
+                .rounds
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let start = (round as usize) % pulls.len();
+            pulls.rotate_left(start);
+        }
+        let mut failed = None;
+        for (guild, o) in pulls {
+            match self.pull_one(o, guild).await {
+                Ok(true) => {
                     remaining = remaining.saturating_sub(1);
                     let mut p = self.progress_mut();
                     p.pending_pull = remaining;
                     p.pulled += 1;
                 }
+                Ok(false) => {}
+                Err(err) => {
+                    warn!(cause = %err, guild_id = guild.0, "pulling a guild failed; retrying next round");
+                    failed.get_or_insert(err);
+                }
             }
         }
-        self.restore_departed(current, reports).await?;
+        if let Some(err) = failed {
+            return Err(err);
+        }
         self.progress_mut().last_error = None;
-        Ok(())
+        self.restore_departed(current, reports).await
     }
 
     async fn pull_one(&self, from: Ordinal, guild: GuildId) -> Result<bool, Error> {
@@ -379,6 +535,18 @@ impl Coordinator {
         for departed in pending.clone() {
             let reachable = reports.iter().any(|(o, r)| o.0 == departed && r.is_ok());
             if !reachable {
+                let failed = self
+                    .restore_failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(&departed)
+                    .filter(|(at, _)| at.elapsed() < RESTORE_RETRY)
+                    .map(|(_, why)| why.clone());
+                if let Some(why) = failed {
+                    // Still failing: keep saying so (status shows `blocked`) until the retry.
+                    self.progress_mut().last_error = Some(why);
+                    return Ok(());
+                }
                 let Some(cfg) = &self.replica else {
                     return Err(Error::Replica {
                         ordinal: departed,
@@ -394,10 +562,15 @@ impl Coordinator {
                     current,
                     Ordinal(departed),
                 )
-                .await?;
-                if let Restored::Imported(n) = restored {
-                    self.progress_mut().restored += n;
-                }
+                .await
+                .inspect_err(|err| {
+                    self.restore_failed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(departed, (std::time::Instant::now(), err.to_string()));
+                })?;
+                let Restored::Imported(n) = restored;
+                self.progress_mut().restored += n;
             }
             // A reachable departed pod is drained by the live pull instead.
             pending.remove(&departed);
@@ -425,6 +598,37 @@ impl Coordinator {
                 self.fail(&err);
             }
         }
+    }
+
+    /// Removed ordinals this pod last saw holding guilds (`true`), or empty (`false`).
+    pub fn departing(&self, holding: bool) -> Vec<Ordinal> {
+        self.departing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, h)| **h == holding)
+            .map(|(o, _)| Ordinal(*o))
+            .collect()
+    }
+
+    /// For a removed pod that holds nothing any more: whether it may stop. Every member must
+    /// answer, have converged on this pod's topology (a member converging later would count
+    /// this pod as departed unseen and restore its replica), and have seen this pod empty in
+    /// its latest poll (one that saw it holding guilds last would restore its replica).
+    pub async fn released(&self) -> bool {
+        let current = self.view.current();
+        let me = self.me();
+        let reports = self.poll().await;
+        (0..current.pods.get()).map(Ordinal).all(|o| {
+            reports.iter().any(|(r, s)| {
+                *r == o
+                    && s.as_ref().is_ok_and(|s| {
+                        s.topology == current
+                            && s.previous_topologies.is_empty()
+                            && s.departed_empty.contains(&me)
+                    })
+            })
+        })
     }
 
     /// On SIGTERM, before closing the gateway: waits (up to `limit`) until a live peer reports

@@ -87,6 +87,7 @@ pub mod handoff;
 pub mod peers;
 pub mod plan;
 pub mod replica;
+pub mod statefulset;
 pub mod status;
 pub mod topology;
 
@@ -104,6 +105,15 @@ pub enum Error {
         ordinal: u32,
         /// What went wrong.
         why: String,
+    },
+    /// A departed ordinal's replica is not where the configuration says: its guilds cannot be
+    /// recovered until the operator fixes the configuration (never counted as done).
+    #[error("replica for gateway-{ordinal} not found at {location}")]
+    ReplicaMissing {
+        /// The departed ordinal.
+        ordinal: u32,
+        /// Where the configuration points.
+        location: String,
     },
     /// Restoring a departed ordinal's replica failed.
     #[error("restoring the replica of gateway-{ordinal}: {why}")]

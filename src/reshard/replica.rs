@@ -32,8 +32,6 @@ pub struct ReplicaConfig {
 /// What a restore brought back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Restored {
-    /// The departed ordinal has no replica (it never replicated, or replication is off).
-    NoReplica,
     /// Imported this many guilds owned by this pod.
     Imported(u64),
 }
@@ -63,7 +61,10 @@ pub async fn restore_and_import(
         rand::random::<u64>()
     ));
     let mut cmd = tokio::process::Command::new(&cfg.binary);
-    cmd.args(["restore", "-if-replica-exists", "-config"])
+    // No `-if-replica-exists`: a departed ordinal always had a replica (its sidecar starts
+    // with it), so "none found" means the configuration points elsewhere (a typo in the bucket
+    // or the path), and treating that as "nothing to restore" would drop its guilds silently.
+    cmd.args(["restore", "-config"])
         .arg(&cfg.config)
         .arg("-o")
         .arg(&tmp)
@@ -75,15 +76,19 @@ pub async fn restore_and_import(
         .await
         .map_err(|_| fail(format!("litestream restore took over {RESTORE_LIMIT:?}")))?
         .map_err(|e| fail(format!("running {}: {e}", cfg.binary.display())))?;
-    if !out.status.success() {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !tmp.exists() {
+        if stderr.contains("no matching backup") || out.status.success() {
+            return Err(Error::ReplicaMissing {
+                ordinal: departed.0,
+                location: replica_location(cfg, departed),
+            });
+        }
         return Err(fail(format!(
             "litestream restore exited {}: {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            stderr.trim()
         )));
-    }
-    if !tmp.exists() {
-        return Ok(Restored::NoReplica);
     }
     let result = import_owned(&tmp, store, me, topology).await;
     for suffix in ["", "-wal", "-shm"] {
@@ -95,6 +100,74 @@ pub async fn restore_and_import(
         "guilds restored from a departed ordinal's replica"
     );
     Ok(Restored::Imported(imported))
+}
+
+/// Where the configuration puts `departed`'s replica, for the operator: the `type`, `bucket`
+/// and `path` (or `url`) of its replica, with the configuration's `${VAR}`s expanded as
+/// Litestream expands them for that ordinal.
+fn replica_location(cfg: &ReplicaConfig, departed: Ordinal) -> String {
+    let Ok(text) = std::fs::read_to_string(&cfg.config) else {
+        return format!("the replica of {}", cfg.config.display());
+    };
+    let var = |name: &str| match name {
+        "POD_ORDINAL" => departed.0.to_string(),
+        "DATABASE_PATH" => cfg.database_path.display().to_string(),
+        _ => std::env::var(name).unwrap_or_default(),
+    };
+    let mut found: Vec<(String, String)> = Vec::new();
+    let mut in_replica = false;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim_end();
+        if line.trim_start().starts_with("replica:") {
+            in_replica = true;
+            continue;
+        }
+        let Some((key, value)) = line.trim_start().split_once(':') else {
+            continue;
+        };
+        if in_replica && ["type", "url", "bucket", "path"].contains(&key) {
+            found.push((key.to_owned(), expand(value.trim(), var)));
+        }
+    }
+    let get = |k: &str| {
+        found
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    match (get("url"), get("type"), get("bucket"), get("path")) {
+        (Some(url), ..) => url,
+        (None, Some(kind), Some(bucket), path) => {
+            format!("{kind}://{bucket}/{}", path.unwrap_or_default())
+        }
+        (None, _, None, Some(path)) => path,
+        _ => format!("the replica of {}", cfg.config.display()),
+    }
+}
+
+/// `$VAR` and `${VAR}` replaced by `var(VAR)`, as Litestream expands its configuration.
+fn expand(text: &str, var: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+            match braced.split_once('}') {
+                Some((name, tail)) => (name, tail),
+                None => (braced, ""),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        out.push_str(&var(name));
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn import_owned(
@@ -127,4 +200,32 @@ async fn import_owned(
     .await;
     restored.close().await?;
     result.map(|()| imported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_missing_replica_is_named_by_its_expanded_location() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("litestream.yml");
+        std::fs::write(
+            &config,
+            "# the path: gateway-${POD_ORDINAL}\ndbs:\n  - path: ${DATABASE_PATH}\n    replica:\n      \
+             type: s3\n      bucket: replicas-prod\n      path: gateway-${POD_ORDINAL}\n",
+        )
+        .expect("write");
+        let cfg = ReplicaConfig {
+            binary: "litestream".into(),
+            config,
+            database_path: "/data/bot.db".into(),
+            scratch: dir.path().into(),
+        };
+        assert_eq!(
+            replica_location(&cfg, Ordinal(4)),
+            "s3://replicas-prod/gateway-4"
+        );
+        assert_eq!(expand("a-$X-${Y}z", |v| v.to_lowercase()), "a-x-yz");
+    }
 }

@@ -41,7 +41,7 @@ pub fn verdict(expected: Topology, reports: &[(Ordinal, Result<StatusReport, Str
             Ok(s) => {
                 if s.topology != expected {
                     moving.push(format!("gateway-{} runs {}", o.0, s.topology));
-                } else if s.previous_topology.is_some() {
+                } else if !s.previous_topologies.is_empty() {
                     moving.push(format!(
                         "gateway-{} still processes its previous guilds",
                         o.0
@@ -92,12 +92,13 @@ pub fn verdict(expected: Topology, reports: &[(Ordinal, Result<StatusReport, Str
 /// The table: one line per reachable or member ordinal.
 pub fn table(reports: &[(Ordinal, Result<StatusReport, String>)]) -> String {
     let mut out = format!(
-        "{:<10} {:<8} {:<13} {:<10} {:<10} {:>6} {:>6} {:>8} {:>7}  {}\n",
+        "{:<10} {:<8} {:<13} {:<10} {:<14} {:<16} {:>6} {:>6} {:>8} {:>7}  {}\n",
         "pod",
         "ready",
         "state",
         "topology",
         "previous",
+        "pod count from",
         "owned",
         "held",
         "pending",
@@ -107,12 +108,13 @@ pub fn table(reports: &[(Ordinal, Result<StatusReport, String>)]) -> String {
     for (o, r) in reports {
         match r {
             Ok(s) => out.push_str(&format!(
-                "{:<10} {:<8} {:<13} {:<10} {:<10} {:>6} {:>6} {:>8} {:>7}  {}\n",
+                "{:<10} {:<8} {:<13} {:<10} {:<14} {:<16} {:>6} {:>6} {:>8} {:>7}  {}\n",
                 format!("gateway-{}", o.0),
                 s.ready,
                 s.state,
                 s.topology.to_string(),
-                s.previous_topology.map_or("-".into(), |t| t.to_string()),
+                previous(s),
+                source(s),
                 s.guilds_owned,
                 s.guilds_held,
                 s.handoff_pending + s.handoff.pending_pull,
@@ -133,6 +135,30 @@ pub fn table(reports: &[(Ordinal, Result<StatusReport, String>)]) -> String {
     out
 }
 
+/// The topologies a pod still processes besides its current one, oldest first.
+fn previous(s: &StatusReport) -> String {
+    if s.previous_topologies.is_empty() {
+        return "-".into();
+    }
+    let all: Vec<String> = s
+        .previous_topologies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    all.join(",")
+}
+
+/// Where the pod learns the pod count, and whether it can reach it: a pod that cannot keeps
+/// the last count it knew.
+fn source(s: &StatusReport) -> String {
+    let src = &s.topology_source;
+    match (src.kind.as_str(), src.connected) {
+        ("", _) => "-".into(),
+        ("statefulset", false) => "statefulset DOWN".into(),
+        (kind, _) => kind.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +169,8 @@ mod tests {
         StatusReport {
             ordinal: Ordinal(ordinal),
             topology: Topology::new(Strategy::Md5, pods).expect("positive"),
-            previous_topology: None,
+            previous_topologies: Vec::new(),
+            topology_source: Default::default(),
             state: "active".into(),
             ready: true,
             guilds_owned: 10,
@@ -159,6 +186,8 @@ mod tests {
             handoff,
             instance: 1,
             receiving_since_ms: Some(1),
+            departing: Vec::new(),
+            departed_empty: Vec::new(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Which guilds a pod processes: those it owns under its current topology and, while a
-//! topology transition is under way, those it owned under the previous one (DESIGN §7.1).
+//! topology transition is under way, those it owned under every topology it ran since the
+//! last convergence (DESIGN §7.2: a second change before convergence is normal).
 //!
 //! Overlap between pods is harmless because every write is idempotent; a gap (a guild no pod
 //! processes) is not allowed, so a pod keeps its previous guilds until every pod runs the new
@@ -24,12 +25,43 @@ use crate::ownership::{owner, owner_of_event, GuildId, Ordinal, Topology};
 use crate::wire::{ProcessingWindow, ReplayedWindow};
 
 /// The topologies a pod processes guilds under.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Processing {
-    /// The topology the pod was started with.
+    /// The topology the pod runs under now.
     pub current: Topology,
-    /// The topology it ran under before, until the transition has converged.
-    pub previous: Option<Topology>,
+    /// Every other topology it ran under since the last convergence, oldest first (empty once
+    /// the transition converged).
+    pub history: Vec<Topology>,
+}
+
+impl Processing {
+    /// Every topology in force: the current one and the history.
+    pub fn all(&self) -> impl Iterator<Item = Topology> + '_ {
+        std::iter::once(self.current).chain(self.history.iter().copied())
+    }
+
+    /// Whether a transition is under way.
+    pub fn transitioning(&self) -> bool {
+        !self.history.is_empty()
+    }
+
+    /// The processing after a change to `next`: the current topology joins the history (which
+    /// never holds `next` itself, nor a topology twice).
+    pub fn retargeted(&self, next: Topology) -> Processing {
+        if next == self.current {
+            return self.clone();
+        }
+        let mut history: Vec<Topology> = Vec::with_capacity(self.history.len() + 1);
+        for t in self.history.iter().chain([&self.current]) {
+            if *t != next && !history.contains(t) {
+                history.push(*t);
+            }
+        }
+        Processing {
+            current: next,
+            history,
+        }
+    }
 }
 
 /// Everything a pod's view holds, as one consistent snapshot.
@@ -127,7 +159,7 @@ impl OwnershipView {
             at_ms: state.changed_at_ms,
             receiving_since_ms: state.receiving_since_ms,
             current: state.processing.current,
-            previous: state.processing.previous,
+            history: state.processing.history.clone(),
             covering: state.covering.iter().map(|(o, t)| (*o, *t)).collect(),
         };
         info!(
@@ -146,7 +178,7 @@ impl OwnershipView {
             ordinal: self.ordinal,
             at_ms: now_ms(),
             current: state.processing.current,
-            previous: state.processing.previous,
+            history: state.processing.history.clone(),
             for_ordinal: request.for_ordinal,
             from_ms: request.from_ms,
             to_ms: request.to_ms,
@@ -195,12 +227,22 @@ impl OwnershipView {
 
     /// The topologies in force.
     pub fn processing(&self) -> Processing {
-        self.read().processing
+        self.read().processing.clone()
+    }
+
+    /// The topology the pod runs under now.
+    pub fn current(&self) -> Topology {
+        self.read().processing.current
     }
 
     /// Ends a transition: only the current topology counts from now on.
     pub fn converge(&self) {
-        self.change(|s| s.processing.previous = None);
+        self.change(|s| s.processing.history.clear());
+    }
+
+    /// Moves to new topologies (a live change of the pod count).
+    pub fn set_processing(&self, processing: Processing) {
+        self.change(|s| s.processing = processing);
     }
 
     /// The peer ordinals whose guilds this pod processes while they are down.
@@ -219,18 +261,19 @@ impl OwnershipView {
         })
     }
 
-    /// Every ordinal that owns a guild under the current or previous topology.
+    /// Every ordinal that owns a guild under a topology in force.
     pub fn ordinals_in_play(&self) -> u32 {
-        let p = self.processing();
-        p.current
-            .pods
-            .get()
-            .max(p.previous.map_or(0, |t| t.pods.get()))
+        self.read()
+            .processing
+            .all()
+            .map(|t| t.pods.get())
+            .max()
+            .unwrap_or(1)
     }
 
     /// Whether this pod owns `guild` under its current topology.
     pub fn owns(&self, guild: GuildId) -> bool {
-        owner(guild, self.processing().current) == self.ordinal
+        owner(guild, self.current()) == self.ordinal
     }
 
     /// Whether this pod processes an event of `guild` (`None`: a guild-less event, which
@@ -239,15 +282,12 @@ impl OwnershipView {
         self.read().processes(self.ordinal, guild)
     }
 
-    /// Whether no event at all is this pod's to process: its ordinal is outside the current
-    /// and previous topologies (a removed pod after convergence, or a standby) and it covers
-    /// no peer. Such a pod needs nobody to cover it when it stops.
+    /// Whether no event at all is this pod's to process: its ordinal is outside every
+    /// topology in force (a removed pod after convergence) and it covers no peer. Such a pod
+    /// needs nobody to cover it when it stops.
     pub fn processes_nothing(&self) -> bool {
         let s = self.read();
-        let outside = |t: Topology| self.ordinal.0 >= t.pods.get();
-        outside(s.processing.current)
-            && s.processing.previous.is_none_or(outside)
-            && s.covering.is_empty()
+        s.processing.all().all(|t| self.ordinal.0 >= t.pods.get()) && s.covering.is_empty()
     }
 }
 
@@ -257,16 +297,13 @@ impl ViewState {
         self.belongs(guild, |o| o == ordinal || self.covering.contains_key(&o))
     }
 
-    /// Whether an event of `guild` belongs to `ordinal` under the current or previous
-    /// topology.
+    /// Whether an event of `guild` belongs to `ordinal` under a topology in force.
     pub fn belongs_to(&self, guild: Option<GuildId>, ordinal: Ordinal) -> bool {
         self.belongs(guild, |o| o == ordinal)
     }
 
     fn belongs(&self, guild: Option<GuildId>, to: impl Fn(Ordinal) -> bool) -> bool {
-        let p = self.processing;
-        to(owner_of_event(guild, p.current))
-            || p.previous.is_some_and(|t| to(owner_of_event(guild, t)))
+        self.processing.all().any(|t| to(owner_of_event(guild, t)))
     }
 }
 
@@ -288,7 +325,7 @@ mod tests {
                     Ordinal(o),
                     Processing {
                         current: t(5),
-                        previous: Some(t(3)),
+                        history: vec![t(3)],
                     },
                 )
             })
@@ -313,7 +350,7 @@ mod tests {
             Ordinal(0),
             Processing {
                 current: t(5),
-                previous: Some(t(3)),
+                history: vec![t(3)],
             },
         );
         let guilds: Vec<GuildId> = (1..3000).map(|i| GuildId(i * 7919)).collect();
@@ -338,16 +375,16 @@ mod tests {
 
     #[test]
     fn only_a_removed_pod_that_covers_nobody_processes_nothing() {
-        let removed = |previous| {
+        let removed = |history| {
             OwnershipView::new(
                 Ordinal(3),
                 Processing {
                     current: t(3),
-                    previous,
+                    history,
                 },
             )
         };
-        let draining = removed(Some(t(4)));
+        let draining = removed(vec![t(4)]);
         assert!(!draining.processes_nothing(), "still owns under 4 pods");
         draining.converge();
         assert!(draining.processes_nothing());
@@ -358,11 +395,14 @@ mod tests {
             Ordinal(2),
             Processing {
                 current: t(3),
-                previous: None,
+                history: vec![],
             },
         );
         assert!(!member.processes_nothing());
-        assert!(removed(None).processes_nothing(), "a standby");
+        assert!(
+            removed(vec![]).processes_nothing(),
+            "a removed pod after convergence"
+        );
     }
 
     #[test]
@@ -371,14 +411,14 @@ mod tests {
             Ordinal(0),
             Processing {
                 current: t(3),
-                previous: None,
+                history: vec![],
             },
         );
         let two = OwnershipView::new(
             Ordinal(2),
             Processing {
                 current: t(3),
-                previous: None,
+                history: vec![],
             },
         );
         assert!(zero.processes(None));
@@ -386,12 +426,38 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_pod_processes_nothing() {
+    fn a_second_change_before_convergence_keeps_every_earlier_topology() {
+        let p = Processing {
+            current: t(3),
+            history: vec![],
+        };
+        let p = p.retargeted(t(4)).retargeted(t(5));
+        assert_eq!(p.current, t(5));
+        assert_eq!(p.history, vec![t(3), t(4)]);
+        // Back to an earlier count: it is current again, not history too.
+        let back = p.retargeted(t(3));
+        assert_eq!(back.history, vec![t(4), t(5)]);
+        assert_eq!(p.retargeted(t(5)), p, "no change, no new history");
+
+        // 3→4→5 with md5: every guild is processed by its owner under 3, 4 and 5.
+        let views: Vec<OwnershipView> = (0..5)
+            .map(|o| OwnershipView::new(Ordinal(o), p.clone()))
+            .collect();
+        for g in (1..5000).map(|i| GuildId(i * 104_729)) {
+            for n in [3, 4, 5] {
+                let o = owner(g, t(n)).0 as usize;
+                assert!(views[o].processes(Some(g)), "{g} under {n} pods");
+            }
+        }
+    }
+
+    #[test]
+    fn a_removed_pod_processes_nothing() {
         let standby = OwnershipView::new(
             Ordinal(3),
             Processing {
                 current: t(3),
-                previous: None,
+                history: vec![],
             },
         );
         assert!((1..1000).all(|i| !standby.processes(Some(GuildId(i)))));

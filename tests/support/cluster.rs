@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use guildshard::emulator::EmulatorConfig;
-use guildshard::local_cluster::{ClusterConfig, LocalCluster, ObjectStore, Replication};
+use guildshard::local_cluster::{
+    ClusterConfig, LocalCluster, ObjectStore, Replication, StatefulSetSpec,
+};
 use guildshard::ownership::Strategy;
 
 /// Tests that start a cluster take this first: each runs several processes, and on a 2-core
@@ -78,8 +80,11 @@ pub async fn start_replicated(
 /// twice this.
 pub const REPLICATION_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
-fn config(dir: &Path, pods: u32, guilds: usize, strategy: Strategy) -> ClusterConfig {
+/// The tests' cluster settings: `pods` pods over `guilds` guilds, fast heartbeats, no identify
+/// throttling.
+pub fn config(dir: &Path, pods: u32, guilds: usize, strategy: Strategy) -> ClusterConfig {
     ClusterConfig {
+        statefulset: StatefulSetSpec::default(),
         binary: super::process::bin().into(),
         pods,
         strategy,
@@ -103,7 +108,8 @@ fn config(dir: &Path, pods: u32, guilds: usize, strategy: Strategy) -> ClusterCo
     }
 }
 
-async fn start_config(dir: &Path, cfg: ClusterConfig) -> LocalCluster {
+/// Starts `cfg` and waits until every pod is ready.
+pub async fn start_config(dir: &Path, cfg: ClusterConfig) -> LocalCluster {
     let cluster = LocalCluster::start(cfg)
         .await
         .unwrap_or_else(|e| panic!("cluster starts: {e}\n{}", logs(dir)));

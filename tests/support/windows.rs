@@ -64,19 +64,19 @@ pub struct Gap {
     pub to_ms: u64,
 }
 
-/// Whether `guild` belongs to `ordinal` under `current` or `previous`.
+/// Whether `guild` belongs to `ordinal` under `current` or a topology of `history`.
 fn belongs_under(
     current: guildshard::ownership::Topology,
-    previous: Option<guildshard::ownership::Topology>,
+    history: &[guildshard::ownership::Topology],
     guild: GuildId,
     ordinal: Ordinal,
 ) -> bool {
-    owner(guild, current) == ordinal || previous.is_some_and(|t| owner(guild, t) == ordinal)
+    owner(guild, current) == ordinal || history.iter().any(|t| owner(guild, *t) == ordinal)
 }
 
-/// Whether `guild` belongs to `ordinal` under the record's current or previous topology.
+/// Whether `guild` belongs to `ordinal` under a topology the record says is in force.
 fn belongs(w: &ProcessingWindow, guild: GuildId, ordinal: Ordinal) -> bool {
-    belongs_under(w.current, w.previous, guild, ordinal)
+    belongs_under(w.current, &w.history, guild, ordinal)
 }
 
 /// The intervals in which the pod process `life` processed `guild`, from its records.
@@ -140,7 +140,7 @@ pub fn gaps(
                 // What the replaying pod held: received after it started receiving, up to
                 // when it took them.
                 let from = r.from_ms.max(r.receiving_since_ms?).max(held_from(r.at_ms));
-                belongs_under(r.current, r.previous, guild, r.for_ordinal)
+                belongs_under(r.current, &r.history, guild, r.for_ordinal)
                     .then_some((from, r.to_ms.min(r.at_ms)))
             }))
             .filter(|(a, b)| a < b)
@@ -178,7 +178,7 @@ fn the_checker_finds_a_gap_and_accepts_an_overlap() {
             at_ms,
             receiving_since_ms: receiving,
             current: one,
-            previous: None,
+            history: Vec::new(),
             covering,
         };
     let guild = [GuildId(42)];
@@ -225,7 +225,7 @@ fn the_checker_finds_a_gap_and_accepts_an_overlap() {
         at_ms: at,
         receiving_since_ms: Some(5),
         current: one,
-        previous: None,
+        history: Vec::new(),
         covering,
     };
     recorded.windows.insert(
@@ -248,7 +248,7 @@ fn the_checker_finds_a_gap_and_accepts_an_overlap() {
         ordinal: Ordinal(1),
         at_ms: 350,
         current: one,
-        previous: None,
+        history: Vec::new(),
         for_ordinal: Ordinal(0),
         from_ms: 150,
         to_ms: 400,
