@@ -34,6 +34,7 @@ use crate::config::GatewayConfig;
 use crate::gateway::features::now_ms;
 use crate::gateway::metrics::Metrics;
 use crate::gateway::pod::Pod;
+use crate::listener::Limits;
 use crate::reshard::coordinator::Coordinator;
 use crate::reshard::peers::Peers;
 use crate::reshard::replica::ReplicaConfig;
@@ -150,11 +151,13 @@ async fn run_pod(
     let public = serve(
         listeners.public,
         internal_api::public_app(pod.clone()),
+        Limits::PUBLIC,
         &servers,
     );
     let internal = serve(
         listeners.internal,
         internal_api::internal_app(pod.clone(), cfg.internal_token.clone()),
+        Limits::INTERNAL,
         &servers,
     );
 
@@ -235,14 +238,18 @@ async fn register_commands(pod: &Pod) {
     }
 }
 
-fn serve(listener: TcpListener, app: axum::Router, stop: &Shutdown) -> tokio::task::JoinHandle<()> {
+/// Serves one of the pod's listeners with connection limits and timeouts (see
+/// [`crate::listener`]).
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    stop: &Shutdown,
+) -> tokio::task::JoinHandle<()> {
     let stopped = stop.cancelled();
     tokio::spawn(
         async move {
-            if let Err(err) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
+            if let Err(err) = crate::listener::serve(listener, app, limits, stopped).await {
                 warn!(cause = %err, "http listener failed");
             }
         }
