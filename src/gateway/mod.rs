@@ -64,8 +64,18 @@ pub struct Listeners {
 /// Why the pod could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database could not be opened or migrated.
-    #[error("opening the database: {0}")]
+    /// The database could not be opened, migrated or refused to be (corrupt, not a database,
+    /// written by a newer binary): an operator's problem, reported in one line with exit 64.
+    #[error("cannot open the database {path}")]
+    OpenDatabase {
+        /// The configured `DATABASE_PATH`.
+        path: std::path::PathBuf,
+        /// What the store said.
+        #[source]
+        source: crate::store::Error,
+    },
+    /// The database failed while the pod ran or closed it.
+    #[error("database: {0}")]
     Store(#[from] crate::store::Error),
     /// Discord (or the emulator) refused or was unreachable at start.
     #[error(transparent)]
@@ -107,7 +117,11 @@ async fn run_pod(
             ..StoreOptions::default()
         },
     )
-    .await?;
+    .await
+    .map_err(|source| Error::OpenDatabase {
+        path: cfg.database_path.clone(),
+        source,
+    })?;
     let processing = crate::reshard::coordinator::start_topology(&store, cfg.topology).await?;
     if let Some(previous) = processing.previous {
         info!(%previous, current = %cfg.topology, "topology changed since this pod last ran");
