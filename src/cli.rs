@@ -213,7 +213,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(config) => config,
                 Err(err) => return Ok(config_error(&err)),
             };
-            cmd_gateway(config)
+            return Ok(database_refused(cmd_gateway(config))?.unwrap_or(ExitCode::SUCCESS));
         }
         Command::Http => {
             let config = match HttpConfig::from_env(std::env::vars()) {
@@ -407,6 +407,23 @@ fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
 /// period, at most `DRAIN_LIMIT`), then closes and flushes (20 s).
 const GATEWAY_GRACE: std::time::Duration =
     std::time::Duration::from_secs(guildshard::gateway::DRAIN_LIMIT.as_secs() + 20);
+
+/// A database that cannot be opened (corrupt, not a database, from a newer binary) is a
+/// deployment problem like a bad variable: one line and [`EXIT_CONFIG`], as the README says.
+/// Other failures pass through.
+fn database_refused(result: anyhow::Result<()>) -> anyhow::Result<Option<ExitCode>> {
+    let Err(err) = result else {
+        return Ok(None);
+    };
+    match err.downcast_ref::<guildshard::gateway::Error>() {
+        // The store's message already carries its cause, so print it alone, not the chain.
+        Some(open @ guildshard::gateway::Error::OpenDatabase { source, .. }) => {
+            eprintln!("guildshard: error: {open}: {source}");
+            Ok(Some(ExitCode::from(EXIT_CONFIG)))
+        }
+        _ => Err(err),
+    }
+}
 
 fn cmd_gateway(config: GatewayConfig) -> anyhow::Result<()> {
     guildshard::telemetry::init(guildshard::telemetry::LogFormat::Json);

@@ -6,8 +6,8 @@
 //! # Layout
 //! Imports only point down the levels:
 //! - L0 [`ownership`] (the one guild→pod function), [`config`] (env), [`commands`] (the
-//!   command set), [`shutdown`],
-//!   [`telemetry`], [`wire`] (serde types that cross processes, no I/O).
+//!   command set), [`shutdown`], [`listener`] (serving a router with connection limits and
+//!   timeouts), [`telemetry`], [`wire`] (serde types that cross processes, no I/O).
 //! - L1 [`store`] (per-pod SQLite: migrations, batched writer, idempotent upserts, guild
 //!   export/import), [`emulator`] (a local Discord: gateway WebSocket, REST, control API,
 //!   traffic generator) and [`kube_api`] (a Kubernetes API stand-in serving the gateway
@@ -31,6 +31,7 @@ pub mod emulator;
 pub mod gateway;
 pub mod http;
 pub mod kube_api;
+pub mod listener;
 pub mod local_cluster;
 pub mod ownership;
 pub mod reshard;

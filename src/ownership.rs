@@ -36,18 +36,40 @@ impl fmt::Display for GuildId {
     }
 }
 
+/// The largest guild id accepted from outside: ids are stored as SQLite integers (i64), and
+/// Discord's snowflakes stay far below this (it is reached in the year 2084).
+pub const MAX_GUILD_ID: u64 = i64::MAX as u64;
+
 /// Why a guild id could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid guild id {input:?}: expected a decimal snowflake")]
+#[error("invalid guild id {input:?}: expected a decimal snowflake no larger than {MAX_GUILD_ID}")]
 pub struct ParseGuildIdError {
     input: String,
+}
+
+impl GuildId {
+    /// `id` when it is within the range a guild id can have ([`MAX_GUILD_ID`]): what ids that
+    /// arrive already parsed (a Discord payload read by another library) go through.
+    ///
+    /// # Errors
+    /// [`ParseGuildIdError`] above [`MAX_GUILD_ID`].
+    pub fn checked(id: u64) -> Result<Self, ParseGuildIdError> {
+        if id > MAX_GUILD_ID {
+            return Err(ParseGuildIdError {
+                input: id.to_string(),
+            });
+        }
+        Ok(GuildId(id))
+    }
 }
 
 impl FromStr for GuildId {
     type Err = ParseGuildIdError;
 
     /// Accepts the canonical decimal form only (digits, no sign, no leading zeros except "0"), so
-    /// that the string hashed is the one Discord sends and two spellings never own differently.
+    /// that the string hashed is the one Discord sends and two spellings never own differently,
+    /// and only up to [`MAX_GUILD_ID`], so that every id accepted can be stored. (Ownership
+    /// itself is defined for every `u64`: construct `GuildId` directly for that.)
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseGuildIdError {
             input: s.to_owned(),
@@ -58,7 +80,10 @@ impl FromStr for GuildId {
         if !canonical {
             return Err(err());
         }
-        s.parse::<u64>().map(GuildId).map_err(|_| err())
+        s.parse::<u64>()
+            .ok()
+            .and_then(|id| GuildId::checked(id).ok())
+            .ok_or_else(err)
     }
 }
 
@@ -210,6 +235,10 @@ mod tests {
     fn parses_only_canonical_ids() {
         assert_eq!("0".parse::<GuildId>(), Ok(GuildId(0)));
         assert_eq!(
+            "9223372036854775807".parse::<GuildId>(),
+            Ok(GuildId(9_223_372_036_854_775_807))
+        );
+        assert_eq!(
             "81384788765712384".parse::<GuildId>(),
             Ok(GuildId(81_384_788_765_712_384))
         );
@@ -221,6 +250,8 @@ mod tests {
             "1e3",
             " 1",
             "18446744073709551616",
+            "18446744073709551615",
+            "9223372036854775808",
             "abc",
         ] {
             assert!(bad.parse::<GuildId>().is_err(), "{bad:?} parsed");

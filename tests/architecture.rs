@@ -50,6 +50,19 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "listener",
+        &[
+            "config",
+            "store",
+            "emulator",
+            "reshard",
+            "gateway",
+            "http",
+            "local_cluster",
+            "dev",
+        ],
+    ),
+    (
         "shutdown",
         &[
             "store",

@@ -38,6 +38,8 @@ fn owner_rejects_bad_input_with_one_line_and_exit_two() {
         &["owner", "12a", "--pods", "3"][..],
         &["owner", "1", "--pods", "0"][..],
         &["owner", "1", "--pods", "3", "--strategy", "ring"][..],
+        // Above i64::MAX: no such guild can be stored, so none is accepted.
+        &["owner", "9223372036854775808", "--pods", "3"][..],
     ] {
         let out = run_cli(args, &[], None);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -162,5 +164,39 @@ fn dev_runs_the_local_cluster_and_stops_cleanly() {
             log.contains(&format!("path=gateway-{ordinal}")) && log.contains("litestream shut down"),
             "gateway-{ordinal}'s sidecar replicated to its own path and stopped with a final sync:\n{log}"
         );
+    }
+}
+
+/// A database the pod cannot use is a deployment problem like a bad variable: exit 64 and one
+/// line that says which file and why, not the cause repeated down an error chain.
+#[test]
+fn gateway_with_an_unusable_database_exits_64_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x42u8; 8192]).expect("write");
+    let future = dir.path().join("future.db");
+    {
+        let conn = rusqlite::Connection::open(&future).expect("create");
+        conn.execute_batch("CREATE TABLE t(x); PRAGMA user_version = 9999;")
+            .expect("stamp a future schema version");
+    }
+    for (path, cause) in [(&garbage, "not a database"), (&future, "is newer than")] {
+        let path = path.to_str().expect("utf-8");
+        let env = [
+            ("POD_ORDINAL", "0"),
+            ("NUM_GATEWAY_PODS", "1"),
+            ("DISCORD_TOKEN", "t"),
+            ("DATABASE_PATH", path),
+            ("INTERNAL_AUTH_TOKEN", "0123456789abcdef0123"),
+            ("PUBLIC_BIND_ADDR", "127.0.0.1:0"),
+            ("INTERNAL_BIND_ADDR", "127.0.0.1:0"),
+            ("RUST_LOG", "off"),
+        ];
+        let out = run_cli(&["gateway"], &env, None);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(64), "{path}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{path}: {err}");
+        assert!(err.contains(path), "{err}");
+        assert_eq!(err.matches(cause).count(), 1, "{err}");
     }
 }

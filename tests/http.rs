@@ -157,6 +157,27 @@ async fn oversized_bodies_get_413_and_malformed_ones_400() {
             .0,
         400
     );
+    // A guild id above i64::MAX cannot be stored by any pod: refused here, not routed.
+    let (status, err) = signed(
+        &svc,
+        &key,
+        br#"{"type":2,"guild_id":"9223372036854775808"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("9223372036854775808")),
+        "{err}"
+    );
+    let resp = reqwest::Client::new()
+        .get(svc.url("/api/v1/guilds/9223372036854775808/stats"))
+        .bearer_auth(INTERNAL_TOKEN)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 400);
 }
 
 #[tokio::test]
@@ -239,6 +260,279 @@ async fn unsupported_types_are_answered_without_routing_and_dead_pods_politely()
         metrics.contains("guildshard_http_owner_unavailable_total{pod=\"http\"} 2"),
         "{metrics}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits and overload, against an in-process service and a stand-in for the owner pod.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use guildshard::http::AppState;
+use guildshard::listener::{Arrival, Limits};
+use guildshard::wire::{ErrorBody, InteractionOutcome, DEADLINE_HEADER};
+
+/// A stand-in for the gateway pods' internal API on 127.0.0.1:0: answers every interaction
+/// with `status` (200: "deferred"; otherwise an error body) after `delay`, and records the
+/// deadline each request was given.
+struct FakePod {
+    template: String,
+    deadlines: Arc<Mutex<Vec<u64>>>,
+    shutdown: Shutdown,
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+async fn fake_pod(status: u16, delay: Duration) -> FakePod {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let deadlines = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .route(
+            "/{ordinal}/internal/v1/interactions",
+            axum::routing::post(
+                move |State(deadlines): State<Arc<Mutex<Vec<u64>>>>, headers: HeaderMap| async move {
+                    let deadline = headers
+                        .get(DEADLINE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    deadlines.lock().expect("lock").push(deadline);
+                    tokio::time::sleep(delay).await;
+                    if status == 200 {
+                        axum::Json(InteractionOutcome::Deferred { ephemeral: true }).into_response()
+                    } else {
+                        let code = StatusCode::from_u16(status).expect("status");
+                        (code, axum::Json(ErrorBody { error: "not a Discord interaction".into() }))
+                            .into_response()
+                    }
+                },
+            ),
+        )
+        .with_state(deadlines.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = Shutdown::new();
+    let stop = shutdown.cancelled();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+    });
+    FakePod {
+        template: format!("http://{addr}/{{ordinal}}"),
+        deadlines,
+        shutdown,
+    }
+}
+
+fn http_config(public_key: [u8; 32], url_template: &str) -> HttpConfig {
+    HttpConfig {
+        initial_topology: Topology::new(Strategy::Md5, 1).expect("positive"),
+        public_key,
+        internal_token: Secret::new(INTERNAL_TOKEN),
+        url_template: UrlTemplate::parse(url_template).expect("template"),
+        discord: None,
+        bind: "127.0.0.1:0".parse().expect("addr"),
+    }
+}
+
+/// Serves `state` on 127.0.0.1:0 with `limits`; shut down on drop.
+async fn serve_state(state: AppState, limits: Limits) -> Service {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = Shutdown::new();
+    tokio::spawn(guildshard::http::serve_with_limits(
+        state,
+        listener,
+        limits,
+        shutdown.clone(),
+    ));
+    Service { addr, shutdown }
+}
+
+const COMMAND: &str = r#"{"type":2,"guild_id":"81384788765712384","data":{"name":"stats"}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_connections_neither_starve_a_ping_nor_stay_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = SigningKey::from_bytes(&[11u8; 32]);
+    let cfg = http_config(key.verifying_key().to_bytes(), &unused_template().await);
+    let limits = Limits {
+        max_connections: 2048,
+        header_read: Duration::from_secs(2),
+        body: Duration::from_secs(2),
+        drain: Duration::from_secs(2),
+    };
+    let svc = serve_state(AppState::new(&cfg, "http").expect("state"), limits).await;
+
+    // 500 connections that never finish a request: idle, half a head, a body that stalls.
+    let mut slow = Vec::new();
+    for i in 0..500 {
+        let mut conn = tokio::net::TcpStream::connect(svc.addr)
+            .await
+            .expect("connect");
+        match i % 3 {
+            0 => {}
+            1 => conn
+                .write_all(b"POST /interactions HTTP/1.1\r\nHost: x\r\nX-Sig")
+                .await
+                .expect("write"),
+            _ => conn
+                .write_all(
+                    b"POST /interactions HTTP/1.1\r\nHost: x\r\nx-signature-ed25519: 00\r\n\
+                      x-signature-timestamp: 1\r\ncontent-length: 100\r\n\r\n{\"type\"",
+                )
+                .await
+                .expect("write"),
+        }
+        slow.push(conn);
+    }
+    let opened = Instant::now();
+
+    // A genuine PING is still answered at once.
+    let started = Instant::now();
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(5), signed(&svc, &key, br#"{"type":1}"#))
+            .await
+            .expect("the PING is answered while 500 slow connections are open");
+    let ping = started.elapsed();
+    println!("PING answered in {ping:?} with 500 slow connections open");
+    assert_eq!((status, body), (200, json!({"type": 1})));
+    assert!(
+        opened.elapsed() < limits.header_read,
+        "the slow connections were still open"
+    );
+
+    // Every slow connection is closed by the server within its timeouts (generously bounded).
+    let closed_within = limits.header_read + limits.body + Duration::from_secs(5);
+    let all_closed = futures::future::join_all(slow.into_iter().map(|mut conn| async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }));
+    tokio::time::timeout(closed_within, all_closed)
+        .await
+        .expect("every slow connection closed by the server");
+    println!(
+        "all 500 slow connections closed {:?} after they were opened",
+        opened.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_admission_limit_users_are_told_busy_at_once() {
+    let key = SigningKey::from_bytes(&[12u8; 32]);
+    // An owner that takes 1.5 s to say "deferred" to everything.
+    let pod = fake_pod(200, Duration::from_millis(1500)).await;
+    let cfg = http_config(key.verifying_key().to_bytes(), &pod.template);
+    let state = AppState::with_forward_limit(&cfg, "http", 4).expect("state");
+    let svc = serve_state(state.clone(), Limits::PUBLIC).await;
+
+    let answers = futures::future::join_all((0..24).map(|_| {
+        let (svc, key) = (&svc, &key);
+        async move {
+            let started = Instant::now();
+            let (status, body) = signed(svc, key, COMMAND.as_bytes()).await;
+            (status, body, started.elapsed())
+        }
+    }))
+    .await;
+    let deferred = answers.iter().filter(|(_, b, _)| b["type"] == 5).count();
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(_, b, _)| {
+            b["type"] == 4
+                && b["data"]["flags"] == 64
+                && b["data"]["content"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("busy"))
+        })
+        .collect();
+    assert!(answers.iter().all(|(s, _, _)| *s == 200), "{answers:?}");
+    assert_eq!(deferred, 4, "{answers:?}");
+    assert_eq!(busy.len(), 20, "{answers:?}");
+    let slowest_busy = busy.iter().map(|(_, _, t)| *t).max().unwrap_or_default();
+    println!("slowest 'busy' answer: {slowest_busy:?}");
+    assert!(
+        slowest_busy < Duration::from_millis(1500),
+        "busy answers waited for the owner"
+    );
+    assert_eq!(
+        pod.deadlines.lock().expect("lock").len(),
+        4,
+        "only admitted requests reach the pod"
+    );
+    let metrics = state.metrics().encode();
+    assert!(
+        metrics.contains("guildshard_http_busy_total{pod=\"http\"} 20"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_deadline_counts_from_arrival_not_from_the_handler() {
+    use tower::ServiceExt;
+    let key = SigningKey::from_bytes(&[13u8; 32]);
+    let pod = fake_pod(200, Duration::ZERO).await;
+    let cfg = http_config(key.verifying_key().to_bytes(), &pod.template);
+    let app = guildshard::http::app(AppState::new(&cfg, "http").expect("state"));
+    let ts = now_secs().to_string();
+    let mut request = axum::http::Request::post("/interactions")
+        .header("content-type", "application/json")
+        .header("x-signature-ed25519", sign(&key, &ts, COMMAND.as_bytes()))
+        .header("x-signature-timestamp", &ts)
+        .body(axum::body::Body::from(COMMAND))
+        .expect("request");
+    // The request reached the listener a second ago (it waited behind others since).
+    request
+        .extensions_mut()
+        .insert(Arrival(Instant::now() - Duration::from_secs(1)));
+    let response = app.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status().as_u16(), 200);
+    let deadlines = pod.deadlines.lock().expect("lock").clone();
+    // 3000 ms from arrival, less the 400 ms margin, less the second already gone.
+    assert_eq!(deadlines.len(), 1, "{deadlines:?}");
+    assert!(deadlines[0] <= 1600 && deadlines[0] > 1000, "{deadlines:?}");
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_read_the_command_is_not_called_restarting() {
+    let key = SigningKey::from_bytes(&[14u8; 32]);
+    let pod = fake_pod(400, Duration::ZERO).await;
+    let cfg = http_config(key.verifying_key().to_bytes(), &pod.template);
+    let state = AppState::new(&cfg, "http").expect("state");
+    let svc = serve_state(state.clone(), Limits::PUBLIC).await;
+    let (status, body) = signed(&svc, &key, COMMAND.as_bytes()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["type"], 4, "{body}");
+    assert_eq!(body["data"]["flags"], 64, "{body}");
+    let content = body["data"]["content"].as_str().unwrap_or_default();
+    assert!(content.contains("could not read"), "{body}");
+    assert!(!content.contains("restarting"), "{body}");
+    let metrics = state.metrics().encode();
+    assert!(
+        metrics.contains("guildshard_http_unreadable_total{pod=\"http\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("guildshard_http_owner_unavailable_total{pod=\"http\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"outcome="unreadable""#), "{metrics}");
 }
 
 async fn start_emulator(
@@ -766,5 +1060,92 @@ async fn owner_down_is_answered_politely_and_a_slow_owner_defers_then_edits_once
         cluster.stop_http(std::time::Duration::from_secs(10)).await,
         Some(0)
     );
+    cluster.shutdown().await;
+}
+
+/// A command whose caller (the HTTP service) gave up before it started is never run: that
+/// user was told to try again, so running it too would make their retry act twice. Stood in
+/// for by a client that gives up after 300 ms on a pod whose commands take 1.5 s to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_does_not_run_a_command_its_caller_gave_up_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
+    let cluster = cluster::start_with(
+        dir.path(),
+        1,
+        12,
+        Strategy::Md5,
+        &[("FAULT_COMMAND_DELAY_MS", "1500")],
+        true,
+    )
+    .await;
+    let emu = cluster.emulator();
+    let w = world(emu, 1, 0);
+    let internal = UrlTemplate::parse(&cluster.url_template())
+        .expect("template")
+        .url_for(Ordinal(0));
+    let public = cluster
+        .pod(0)
+        .and_then(|p| p.addr("public"))
+        .expect("public address");
+    let client = reqwest::Client::new();
+
+    // /setup mod-log:#mod-log, abandoned after 300 ms although it was allowed 2 s.
+    let setup = emu
+        .signed_command(&command(
+            &w,
+            "setup",
+            w.mod_user,
+            vec![option("mod-log", 7, w.mod_log)],
+        ))
+        .expect("signed");
+    let gave_up = client
+        .post(format!("{internal}/internal/v1/interactions"))
+        .bearer_auth(cluster.internal_token())
+        .header(DEADLINE_HEADER, "2000")
+        .header("content-type", "application/json")
+        .timeout(Duration::from_millis(300))
+        .body(setup.body.clone())
+        .send()
+        .await;
+    assert!(
+        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "{gave_up:?}"
+    );
+    eventually("the pod to count the abandoned command", || async {
+        let text = client
+            .get(format!("http://{public}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("guildshard_interactions_abandoned_total{pod=\"gateway-0\"} 1")
+            .then_some(())
+    })
+    .await;
+    // Nothing was written and the "try again" answer was not edited afterwards.
+    let record = emu.interaction(setup.id).expect("recorded");
+    assert!(record.edits.is_empty(), "{record:?}");
+    let current = run(emu, command(&w, "setup", w.mod_user, vec![])).await;
+    assert!(
+        content(&current).contains("mod-log not set"),
+        "the abandoned /setup ran: {current:?}"
+    );
+
+    // A guild id the store cannot hold is refused as malformed, not failed on.
+    for path in [
+        "/internal/v1/guilds/9223372036854775808/export",
+        "/internal/v1/guilds/9223372036854775808/stats",
+    ] {
+        let resp = client
+            .get(format!("{internal}{path}"))
+            .bearer_auth(cluster.internal_token())
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status().as_u16(), 400, "{path}");
+    }
     cluster.shutdown().await;
 }

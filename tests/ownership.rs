@@ -28,7 +28,9 @@ fn matches_node_generated_vectors_for_both_strategies() {
         serde_json::from_str(include_str!("vectors/ownership.json")).expect("vectors parse");
     assert!(file.vectors.len() >= 50);
     for v in &file.vectors {
-        let guild: GuildId = v.id.parse().expect("vector id parses");
+        // The hash is defined for every u64, including ids above what `GuildId::from_str`
+        // accepts from outside (they cannot be stored), so build the id directly.
+        let guild = GuildId(v.id.parse::<u64>().expect("vector id is a u64"));
         for (i, &n) in file.pods.iter().enumerate() {
             assert_eq!(
                 owner(guild, topo(Strategy::Md5, n)),

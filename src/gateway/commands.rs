@@ -5,9 +5,19 @@
 //! is returned; otherwise the pod answers "deferred" at the deadline (the HTTP service then sends
 //! Discord a type 5 response) and, when the work is done, edits the original response itself.
 //! Exactly one of the two paths delivers the answer, so the user never sees two replies.
+//!
+//! The deadline counts from when the request reached this pod's listener, so the pod answers
+//! (or defers) before the HTTP service's call times out, however long the request waited
+//! first. A command the caller gave up on before it started is not started: the HTTP service
+//! has told that user "restarting, try again", and running it as well would make their retry
+//! run a report or `/setup` twice. (The other choice, deferring on every timeout and letting
+//! the pod finish, leaves the user with a reply that never comes whenever the pod is really
+//! stuck.) A command already running when its caller gives up finishes, and edits the
+//! original response with its result; no store write is ever cut in half.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use serenity::model::application::{
@@ -77,12 +87,45 @@ pub fn is_ephemeral(interaction: &CommandInteraction) -> bool {
     interaction.data.name != commands::STATS && interaction.data.name != commands::LEADERBOARD
 }
 
-/// Runs a command, answering within `deadline` or deferring (see the module docs).
+/// The deadline had passed before the command could start, so it was not run.
+#[derive(Debug, thiserror::Error)]
+#[error("the deadline passed before the command started; it was not run")]
+pub struct TooLate;
+
+/// What the caller of [`execute_within`] has done, as the worker sees it before starting.
+const CALLER_WAITING: u8 = 0;
+/// The caller was answered "deferred": the worker must edit the original response.
+const CALLER_DEFERRED: u8 = 1;
+/// The caller went away before any answer (its request was cancelled): do not start.
+const CALLER_GONE: u8 = 2;
+
+/// Marks the caller gone when [`execute_within`]'s future is dropped before it answered
+/// (hyper drops it when the HTTP service closes the connection on its timeout).
+struct CallerGuard(Arc<AtomicU8>);
+
+impl Drop for CallerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.compare_exchange(
+            CALLER_WAITING,
+            CALLER_GONE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+}
+
+/// Runs a command, answering by `deadline` or deferring (see the module docs).
+///
+/// # Errors
+/// [`TooLate`] when `deadline` has already passed: nothing is run.
 pub async fn execute_within(
     pod: Arc<Pod>,
     interaction: CommandInteraction,
-    deadline: Duration,
-) -> InteractionOutcome {
+    deadline: Instant,
+) -> Result<InteractionOutcome, TooLate> {
+    if Instant::now() >= deadline {
+        return Err(TooLate);
+    }
     let ephemeral = is_ephemeral(&interaction);
     let token = interaction.token.clone();
     let name = interaction.data.name.clone();
@@ -93,20 +136,32 @@ pub async fn execute_within(
         interaction_id = interaction.id.get(),
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<Reply>();
+    let caller = Arc::new(AtomicU8::new(CALLER_WAITING));
+    let guard = CallerGuard(caller.clone());
     let worker_pod = pod.clone();
     // The work runs as its own tracked task so that it finishes (and edits the original
     // response) even after the deadline answered, and so that shutdown waits for it.
     pod.inflight.spawn(
         async move {
+            // FAULT_COMMAND_DELAY_MS: a command that is slow to start.
+            if !worker_pod.command_delay.is_zero() {
+                tokio::time::sleep(worker_pod.command_delay).await;
+            }
+            if caller.load(Ordering::Acquire) == CALLER_GONE {
+                worker_pod.metrics.interactions_abandoned.inc();
+                info!("the caller gave up before the command started; not running it");
+                return;
+            }
             let reply = run(&worker_pod, &interaction).await;
             if let Err(reply) = tx.send(reply) {
-                // The deadline passed and the caller answered "deferred": edit the original.
+                // The caller answered "deferred", or went away after the command started:
+                // either way the original response is where the user looks.
                 edit_original(&worker_pod, &token, reply).await;
             }
         }
         .instrument(span),
     );
-    tokio::select! {
+    let outcome = tokio::select! {
         reply = rx => match reply {
             Ok(reply) => InteractionOutcome::Respond { response: reply.into_response() },
             // The worker panicked; answer rather than leave the user waiting.
@@ -114,11 +169,16 @@ pub async fn execute_within(
                 response: Reply::private("Something went wrong running that command.".into()).into_response(),
             },
         },
-        () = tokio::time::sleep(deadline) => {
+        () = tokio::time::sleep_until(deadline.into()) => {
+            // Recorded before answering, so the worker edits even if this answer is the
+            // last thing the caller hears.
+            guard.0.store(CALLER_DEFERRED, Ordering::Release);
             info!(command = %name, "command slower than the deadline; deferring");
             InteractionOutcome::Deferred { ephemeral }
         }
-    }
+    };
+    drop(guard);
+    Ok(outcome)
 }
 
 async fn edit_original(pod: &Pod, token: &str, reply: Reply) {
@@ -134,15 +194,7 @@ async fn edit_original(pod: &Pod, token: &str, reply: Reply) {
 }
 
 async fn run(pod: &Pod, interaction: &CommandInteraction) -> Reply {
-    if !pod.command_delay.is_zero() {
-        tokio::time::sleep(pod.command_delay).await;
-    }
-    pod.metrics
-        .interactions
-        .get_or_create(&crate::gateway::metrics::EventLabels {
-            kind: interaction.data.name.clone(),
-        })
-        .inc();
+    pod.metrics.interaction(&interaction.data.name);
     match dispatch(pod, interaction).await {
         Ok(reply) => reply,
         Err(err) => {

@@ -37,12 +37,7 @@ impl RawEventHandler for Handler {
             Event::Unknown(unknown) => {
                 // serenity turns a known event whose payload it cannot parse into Unknown; count
                 // it so a protocol drift shows up instead of silently losing data.
-                pod.metrics
-                    .events_unknown
-                    .get_or_create(&crate::gateway::metrics::EventLabels {
-                        kind: unknown.kind.clone(),
-                    })
-                    .inc();
+                pod.metrics.unknown_event(&unknown.kind);
                 warn!(pod = %pod.name, kind = %unknown.kind, "dispatch the client library could not parse");
                 return;
             }
@@ -89,12 +84,7 @@ pub(crate) async fn handle_owned(pod: &Pod, class: &Classified, event: Event) {
     match features::dispatch(pod, event).instrument(span).await {
         Ok(()) => pod.metrics.handled(&class.kind),
         Err(err) => {
-            pod.metrics
-                .events_failed
-                .get_or_create(&crate::gateway::metrics::EventLabels {
-                    kind: class.kind.clone().into_owned(),
-                })
-                .inc();
+            pod.metrics.failed(&class.kind);
             pod.record_error(&err);
             warn!(pod = %pod.name, kind = %class.kind, guild_id = class.guild.map(|g| g.0), cause = %err, "event handling failed");
         }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -12,13 +12,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serenity::model::application::Interaction;
 use tracing::warn;
 
 use crate::config::Secret;
 use crate::gateway::commands;
 use crate::gateway::pod::Pod;
+use crate::listener::Arrival;
 use crate::ownership::{owner, GuildId, Ordinal};
 use crate::store::GuildVersion;
 use crate::wire::{
@@ -43,6 +44,8 @@ pub enum ApiError {
     NotOwner(NotOwner),
     /// The request conflicts with the guild's current state (it changed since an export).
     Conflict(String),
+    /// The request's deadline passed before it could be served; nothing was done (503).
+    TooLate(String),
     /// Something failed inside the pod; the details go to the log, not the caller.
     Internal(String),
 }
@@ -64,6 +67,11 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(why) => {
                 (StatusCode::CONFLICT, Json(ErrorBody { error: why })).into_response()
             }
+            ApiError::TooLate(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(ErrorBody { error: why }),
+            )
+                .into_response(),
             ApiError::Internal(cause) => {
                 warn!(cause = %cause, "internal API request failed");
                 (
@@ -207,6 +215,7 @@ async fn status(State(state): State<ApiState>) -> Json<StatusReport> {
 
 async fn interaction(
     State(state): State<ApiState>,
+    arrival: Option<Extension<Arrival>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<InteractionOutcome>, ApiError> {
@@ -218,7 +227,12 @@ async fn interaction(
                 .into_response(),
         }));
     };
-    let guild = command.guild_id.map(|g| GuildId(g.get()));
+    // serenity reads any u64; only ids that fit the store are guilds this pod can serve.
+    let guild = command
+        .guild_id
+        .map(|g| GuildId::checked(g.get()))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if let Some(g) = guild {
         // A guild some peer still holds is pulled first, so the answer sees all its data.
         state.pod.coordinator.ensure_local(g).await;
@@ -234,9 +248,13 @@ async fn interaction(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(DEFAULT_DEADLINE, |ms| Duration::from_millis(ms.min(10_000)));
-    Ok(Json(
-        commands::execute_within(state.pod.clone(), command, deadline).await,
-    ))
+    // The caller's clock started when it sent the request: count from this pod's arrival
+    // (before pulling a guild, above), so the answer comes before the caller's timeout.
+    let arrived = arrival.map_or_else(Instant::now, |Extension(a)| a.0);
+    commands::execute_within(state.pod.clone(), command, arrived + deadline)
+        .await
+        .map(Json)
+        .map_err(|too_late| ApiError::TooLate(too_late.to_string()))
 }
 
 async fn export(

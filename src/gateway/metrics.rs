@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::commands;
 use crate::store::WriterStats;
 
 /// Labels of per-event-type series.
@@ -47,8 +48,10 @@ pub struct Metrics {
     pub gateway_resumed: Counter,
     /// Messages posted by the outbox (mod-log, deletion log, DM help).
     pub outbox_sent: Counter,
-    /// Interactions executed for the HTTP service.
+    /// Interactions executed for the HTTP service, by command.
     pub interactions: Family<EventLabels, Counter>,
+    /// Interactions not run because the caller had given up before they started.
+    pub interactions_abandoned: Counter,
     /// Guilds this pod has seen and owns.
     pub guilds_owned: Gauge,
     /// Dispatches replayed from the held window when a cover of a down peer started.
@@ -90,6 +93,7 @@ impl Metrics {
             gateway_resumed: Counter::default(),
             outbox_sent: Counter::default(),
             interactions: Family::default(),
+            interactions_abandoned: Counter::default(),
             guilds_owned: Gauge::default(),
             events_replayed: Counter::default(),
             events_hold_overflow: Counter::default(),
@@ -148,6 +152,11 @@ impl Metrics {
             m.interactions.clone(),
         );
         registry.register(
+            "interactions_abandoned",
+            "Interactions not run because the HTTP service had given up on them first",
+            m.interactions_abandoned.clone(),
+        );
+        registry.register(
             "guilds_owned",
             "Guilds seen that this pod owns",
             m.guilds_owned.clone(),
@@ -186,6 +195,21 @@ impl Metrics {
     pub fn handled(&self, kind: &str) {
         self.totals.handled.fetch_add(1, Ordering::Relaxed);
         self.events_handled.get_or_create(&label(kind)).inc();
+    }
+
+    /// Counts a command executed for the HTTP service, by name (unknown names as `unknown`).
+    pub fn interaction(&self, name: &str) {
+        self.interactions.get_or_create(&command_label(name)).inc();
+    }
+
+    /// Counts a dispatch the client library could not parse.
+    pub fn unknown_event(&self, kind: &str) {
+        self.events_unknown.get_or_create(&label(kind)).inc();
+    }
+
+    /// Counts a dispatch whose handling failed.
+    pub fn failed(&self, kind: &str) {
+        self.events_failed.get_or_create(&label(kind)).inc();
     }
 
     /// Counts a failed REST call.
@@ -348,8 +372,145 @@ fn encode_writer(out: &mut String, pod: &str, w: &WriterStats) -> std::fmt::Resu
     Ok(())
 }
 
+/// The label for a dispatch name: Discord's documented names (and our `OTHER`) as they are,
+/// anything else `unknown`. The name comes off the wire, and every distinct label value is a
+/// series kept for the life of the process.
 fn label(kind: &str) -> EventLabels {
+    let kind = if DISPATCH_NAMES.contains(&kind) {
+        kind
+    } else {
+        UNKNOWN
+    };
     EventLabels {
         kind: kind.to_owned(),
+    }
+}
+
+/// The label for a command name: the bot's commands as they are, anything else `unknown`
+/// (the name is whatever the interaction says).
+fn command_label(name: &str) -> EventLabels {
+    let known = [
+        commands::STATS,
+        commands::LEADERBOARD,
+        commands::MODLOG,
+        commands::SETUP,
+        commands::REPORT_MESSAGE,
+    ];
+    EventLabels {
+        kind: if known.contains(&name) { name } else { UNKNOWN }.to_owned(),
+    }
+}
+
+/// The label value for names outside the known set.
+const UNKNOWN: &str = "unknown";
+
+/// Discord's gateway dispatch names (its "Receive Events" list), plus `OTHER`, under which
+/// `classify` counts events this bot does not look at.
+const DISPATCH_NAMES: &[&str] = &[
+    "OTHER",
+    "READY",
+    "RESUMED",
+    "APPLICATION_COMMAND_PERMISSIONS_UPDATE",
+    "AUTO_MODERATION_RULE_CREATE",
+    "AUTO_MODERATION_RULE_UPDATE",
+    "AUTO_MODERATION_RULE_DELETE",
+    "AUTO_MODERATION_ACTION_EXECUTION",
+    "CHANNEL_CREATE",
+    "CHANNEL_UPDATE",
+    "CHANNEL_DELETE",
+    "CHANNEL_PINS_UPDATE",
+    "THREAD_CREATE",
+    "THREAD_UPDATE",
+    "THREAD_DELETE",
+    "THREAD_LIST_SYNC",
+    "THREAD_MEMBER_UPDATE",
+    "THREAD_MEMBERS_UPDATE",
+    "ENTITLEMENT_CREATE",
+    "ENTITLEMENT_UPDATE",
+    "ENTITLEMENT_DELETE",
+    "GUILD_CREATE",
+    "GUILD_UPDATE",
+    "GUILD_DELETE",
+    "GUILD_AUDIT_LOG_ENTRY_CREATE",
+    "GUILD_BAN_ADD",
+    "GUILD_BAN_REMOVE",
+    "GUILD_EMOJIS_UPDATE",
+    "GUILD_STICKERS_UPDATE",
+    "GUILD_INTEGRATIONS_UPDATE",
+    "GUILD_MEMBER_ADD",
+    "GUILD_MEMBER_REMOVE",
+    "GUILD_MEMBER_UPDATE",
+    "GUILD_MEMBERS_CHUNK",
+    "GUILD_ROLE_CREATE",
+    "GUILD_ROLE_UPDATE",
+    "GUILD_ROLE_DELETE",
+    "GUILD_SCHEDULED_EVENT_CREATE",
+    "GUILD_SCHEDULED_EVENT_UPDATE",
+    "GUILD_SCHEDULED_EVENT_DELETE",
+    "GUILD_SCHEDULED_EVENT_USER_ADD",
+    "GUILD_SCHEDULED_EVENT_USER_REMOVE",
+    "GUILD_SOUNDBOARD_SOUND_CREATE",
+    "GUILD_SOUNDBOARD_SOUND_UPDATE",
+    "GUILD_SOUNDBOARD_SOUND_DELETE",
+    "GUILD_SOUNDBOARD_SOUNDS_UPDATE",
+    "SOUNDBOARD_SOUNDS",
+    "INTEGRATION_CREATE",
+    "INTEGRATION_UPDATE",
+    "INTEGRATION_DELETE",
+    "INTERACTION_CREATE",
+    "INVITE_CREATE",
+    "INVITE_DELETE",
+    "MESSAGE_CREATE",
+    "MESSAGE_UPDATE",
+    "MESSAGE_DELETE",
+    "MESSAGE_DELETE_BULK",
+    "MESSAGE_REACTION_ADD",
+    "MESSAGE_REACTION_REMOVE",
+    "MESSAGE_REACTION_REMOVE_ALL",
+    "MESSAGE_REACTION_REMOVE_EMOJI",
+    "MESSAGE_POLL_VOTE_ADD",
+    "MESSAGE_POLL_VOTE_REMOVE",
+    "PRESENCE_UPDATE",
+    "STAGE_INSTANCE_CREATE",
+    "STAGE_INSTANCE_UPDATE",
+    "STAGE_INSTANCE_DELETE",
+    "SUBSCRIPTION_CREATE",
+    "SUBSCRIPTION_UPDATE",
+    "SUBSCRIPTION_DELETE",
+    "TYPING_START",
+    "USER_UPDATE",
+    "VOICE_CHANNEL_EFFECT_SEND",
+    "VOICE_STATE_UPDATE",
+    "VOICE_SERVER_UPDATE",
+    "WEBHOOKS_UPDATE",
+];
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_wire_map_to_a_bounded_set() {
+        let metrics = Metrics::new("gateway-0");
+        let long = "x".repeat(5000);
+        for name in [long.as_str(), "stats ", "STATS", "", "drop table"] {
+            metrics.interaction(name);
+        }
+        metrics.interaction("stats");
+        metrics.interaction("Report message");
+        for kind in [long.as_str(), "NOT_A_DISPATCH", "message_create"] {
+            metrics.seen(kind);
+            metrics.unknown_event(kind);
+            metrics.failed(kind);
+        }
+        metrics.seen("MESSAGE_CREATE");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encode");
+        assert!(!text.contains("xxxx"), "a long name became a label");
+        assert!(!text.contains("NOT_A_DISPATCH") && !text.contains("drop table"));
+        assert!(text.contains(r#"kind="unknown""#), "{text}");
+        assert!(text.contains(r#"kind="stats""#), "{text}");
+        assert!(text.contains(r#"kind="Report message""#), "{text}");
+        assert!(text.contains(r#"kind="MESSAGE_CREATE""#), "{text}");
     }
 }

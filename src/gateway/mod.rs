@@ -35,6 +35,7 @@ use crate::config::GatewayConfig;
 use crate::gateway::features::now_ms;
 use crate::gateway::metrics::Metrics;
 use crate::gateway::pod::Pod;
+use crate::listener::Limits;
 use crate::reshard::coordinator::Coordinator;
 use crate::reshard::peers::Peers;
 use crate::reshard::replica::ReplicaConfig;
@@ -71,8 +72,18 @@ pub struct Listeners {
 /// Why the pod could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database could not be opened or migrated.
-    #[error("opening the database: {0}")]
+    /// The database could not be opened, migrated or refused to be (corrupt, not a database,
+    /// written by a newer binary): an operator's problem, reported in one line with exit 64.
+    #[error("cannot open the database {path}")]
+    OpenDatabase {
+        /// The configured `DATABASE_PATH`.
+        path: std::path::PathBuf,
+        /// What the store said.
+        #[source]
+        source: crate::store::Error,
+    },
+    /// The database failed while the pod ran or closed it.
+    #[error("database: {0}")]
     Store(#[from] crate::store::Error),
     /// Discord (or the emulator) refused or was unreachable at start.
     #[error(transparent)]
@@ -117,7 +128,11 @@ async fn run_pod(
             ..StoreOptions::default()
         },
     )
-    .await?;
+    .await
+    .map_err(|source| Error::OpenDatabase {
+        path: cfg.database_path.clone(),
+        source,
+    })?;
     let Some(count) = pod_count::resolve(&cfg.pod_count, &store, shutdown.cancelled()).await?
     else {
         info!("stopped before the pod count was known");
@@ -175,11 +190,13 @@ async fn run_pod(
     let public = serve(
         listeners.public,
         internal_api::public_app(pod.clone()),
+        Limits::PUBLIC,
         &servers,
     );
     let internal = serve(
         listeners.internal,
         internal_api::internal_app(pod.clone(), cfg.internal_token.clone()),
+        Limits::INTERNAL,
         &servers,
     );
 
@@ -362,14 +379,18 @@ async fn register_commands(pod: &Pod) {
     }
 }
 
-fn serve(listener: TcpListener, app: axum::Router, stop: &Shutdown) -> tokio::task::JoinHandle<()> {
+/// Serves one of the pod's listeners with connection limits and timeouts (see
+/// [`crate::listener`]).
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    stop: &Shutdown,
+) -> tokio::task::JoinHandle<()> {
     let stopped = stop.cancelled();
     tokio::spawn(
         async move {
-            if let Err(err) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
+            if let Err(err) = crate::listener::serve(listener, app, limits, stopped).await {
                 warn!(cause = %err, "http listener failed");
             }
         }

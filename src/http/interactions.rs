@@ -9,7 +9,17 @@
 //! - the pod answers in time: its response goes back to Discord as is;
 //! - the pod is slower than the deadline: it answers "deferred", we return type 5, and the pod
 //!   edits the original response itself when done (so there is exactly one answer);
-//! - the pod is unreachable, times out or fails: an ephemeral "restarting" message at once.
+//! - the pod is unreachable, times out or fails: an ephemeral "restarting" message at once;
+//! - the pod could not read the interaction (400): an ephemeral "could not read" message;
+//! - more forwards to that pod are in flight than [`super::admission`] admits: an ephemeral
+//!   "busy" message at once, without contacting the pod.
+//!
+//! A timed-out forward is answered "restarting, try again" and the pod does not act on it:
+//! the pod answers (or defers) within the deadline it is given, counted from its own arrival,
+//! and a command that has not started when its caller gave up is never started (see
+//! `gateway::commands`). The other choice, deferring on a timeout and letting the pod finish,
+//! would leave the user with a reply that never comes whenever the pod is really stuck, and
+//! "try again" is only honest if nothing ran.
 //!
 //! An interaction POST is retried only when it cannot have reached a pod (connect error) or
 //! when the pod refused without executing (409, re-routed once to the owner it names).
@@ -24,8 +34,9 @@ use axum::Json;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::listener::Arrival;
 use crate::ownership::{owner_of_event, GuildId};
 use crate::wire::InteractionOutcome;
 
@@ -58,6 +69,11 @@ pub const TIMESTAMP_HEADER: &str = "x-signature-timestamp";
 /// What users see when the owner pod cannot answer.
 pub const RESTARTING_MESSAGE: &str =
     "This server's shard is restarting, try again in a few seconds.";
+/// What users see when more commands are waiting for their shard than it may be sent at once.
+pub const BUSY_MESSAGE: &str = "The bot is busy right now, try again in a moment.";
+/// What users see when the owner pod could not read the interaction (it answered 400).
+pub const UNREADABLE_MESSAGE: &str =
+    "Sorry, I could not read this command. Please try again; if it keeps happening, tell the server's admins.";
 const UNSUPPORTED_MESSAGE: &str =
     "This bot only handles its slash commands and the Report message command; buttons, menus and forms aren't supported.";
 
@@ -77,7 +93,8 @@ const EPHEMERAL: u64 = 1 << 6;
 pub struct Verified {
     /// The raw body, exactly as signed.
     pub body: Bytes,
-    /// When extraction started: the deadline counts from here.
+    /// When the request arrived ([`Arrival`], or when extraction started for a request that
+    /// did not come through [`crate::listener`]): the deadline counts from here.
     pub arrived: Instant,
 }
 
@@ -124,7 +141,12 @@ impl FromRequest<AppState> for Verified {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let arrived = Instant::now();
+        // Discord's 3 s run from when it sent the request: count from the moment the listener
+        // read the head, not from here (middleware and scheduling delays count too).
+        let arrived = req
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |a| a.0);
         let headers = req.headers();
         let signature = header(headers, SIGNATURE_HEADER)
             .ok_or(AppError::Unauthorized("missing signature header"))?
@@ -214,6 +236,11 @@ async fn route_command(state: &AppState, guild: Option<GuildId>, verified: Verif
         if budget < MIN_BUDGET {
             break unavailable(guild, "no time left before Discord's deadline");
         }
+        // Past the limit the pod is already working on plenty: waiting for a slot would only
+        // spend the user's 3 s, so say so now.
+        let Some(_permit) = inner.admission.try_admit(target) else {
+            break busy(guild, target);
+        };
         match inner
             .pods
             .interaction(target, body.clone(), budget, budget + CALL_SLACK)
@@ -258,11 +285,28 @@ async fn route_command(state: &AppState, guild: Option<GuildId>, verified: Verif
             }
             // Nothing was sent: one more try cannot act twice.
             Err(RouteError::Connect { .. }) if !reconnected => reconnected = true,
+            // The pod read the body and refused it without running anything: a retry would
+            // be refused too, and "restarting" would be untrue.
+            Err(RouteError::Rejected { ordinal, reason }) => {
+                warn!(guild_id = guild.map(|g| g.0), ordinal = ordinal.0, cause = %reason, "owner could not read the interaction");
+                break answer(ephemeral(UNREADABLE_MESSAGE), Outcome::Unreadable);
+            }
             Err(err) => break unavailable(guild, &err.to_string()),
         }
     };
     inner.metrics.observe_routing(arrived.elapsed());
     response
+}
+
+fn busy(guild: Option<GuildId>, target: crate::ownership::Ordinal) -> Response {
+    // Not a warning per request: under overload that would flood the log; the
+    // `busy` counter is what alerts.
+    debug!(
+        guild_id = guild.map(|g| g.0),
+        ordinal = target.0,
+        "admission limit reached; answering 'busy'"
+    );
+    answer(ephemeral(BUSY_MESSAGE), Outcome::Busy)
 }
 
 fn unavailable(guild: Option<GuildId>, cause: &str) -> Response {

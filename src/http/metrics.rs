@@ -28,6 +28,10 @@ pub enum Outcome {
     Deferred,
     /// The owner pod could not answer; the user got the polite "try again" message (or a 503).
     OwnerUnavailable,
+    /// Too many interactions in flight to the owner pod; the user got "busy, try again".
+    Busy,
+    /// The owner pod could not read the interaction (400); the user got "could not read".
+    Unreadable,
     /// An interaction type the bot does not handle; answered without routing.
     Unsupported,
     /// Missing or bad signature, timestamp or token.
@@ -50,6 +54,8 @@ impl Outcome {
             Outcome::Responded => "responded",
             Outcome::Deferred => "deferred",
             Outcome::OwnerUnavailable => "owner_unavailable",
+            Outcome::Busy => "busy",
+            Outcome::Unreadable => "unreadable",
             Outcome::Unsupported => "unsupported",
             Outcome::Unauthorized => "unauthorized",
             Outcome::BadRequest => "bad_request",
@@ -80,6 +86,10 @@ pub struct Metrics {
     pub deferrals: Counter,
     /// Requests answered "owner unavailable" (polite ephemeral message or 503).
     pub owner_unavailable: Counter,
+    /// Interactions answered "busy" because the owner pod had too many in flight.
+    pub busy: Counter,
+    /// Interactions the owner pod could not read (it answered 400).
+    pub unreadable: Counter,
     /// Interactions re-routed once after a pod answered 409 (not the owner).
     pub reroutes: Counter,
     /// Topology refreshes that learned a topology from at least one pod.
@@ -99,6 +109,8 @@ impl Metrics {
             routing_latency: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             deferrals: Counter::default(),
             owner_unavailable: Counter::default(),
+            busy: Counter::default(),
+            unreadable: Counter::default(),
             reroutes: Counter::default(),
             topology_refreshes: Counter::default(),
             registry: Registry::default(),
@@ -122,6 +134,16 @@ impl Metrics {
             "owner_unavailable",
             "Requests answered 'owner unavailable'",
             m.owner_unavailable.clone(),
+        );
+        registry.register(
+            "busy",
+            "Interactions answered 'busy' because too many were in flight to the owner pod",
+            m.busy.clone(),
+        );
+        registry.register(
+            "unreadable",
+            "Interactions the owner pod could not read (it answered 400)",
+            m.unreadable.clone(),
         );
         registry.register(
             "reroutes",
@@ -179,6 +201,8 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     match outcome {
         Outcome::Deferred => metrics.deferrals.inc(),
         Outcome::OwnerUnavailable => metrics.owner_unavailable.inc(),
+        Outcome::Busy => metrics.busy.inc(),
+        Outcome::Unreadable => metrics.unreadable.inc(),
         _ => 0,
     };
     metrics

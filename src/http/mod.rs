@@ -16,12 +16,14 @@
 //!
 //! # Layout
 //! - [`interactions`]: signature extractor, PING, deadlines, the one answer per interaction.
+//! - [`admission`]: the per-pod limit on forwards in flight.
 //! - [`route`]: the pooled client for the pods' internal API.
 //! - [`topology`]: the routing topology, learned from the pods.
 //! - [`overview`]: the operator API (fan-out and per-guild reads).
 //! - [`register`]: the bulk overwrite of the command set (`guildshard register-commands`).
 //! - [`error`], [`metrics`].
 
+pub mod admission;
 pub mod error;
 pub mod interactions;
 pub mod metrics;
@@ -42,8 +44,10 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{HttpConfig, Secret};
+use crate::listener::Limits;
 use crate::shutdown::Shutdown;
 
+use admission::Admission;
 pub use error::AppError;
 use metrics::Metrics;
 use overview::RateSamples;
@@ -72,6 +76,7 @@ pub struct AppState {
 
 struct Inner {
     public_key: VerifyingKey,
+    admission: Admission,
     token: Secret,
     pods: Pods,
     topology: Arc<TopologyCache>,
@@ -86,12 +91,22 @@ impl AppState {
     /// # Errors
     /// [`Error::PublicKey`], [`Error::Client`].
     pub fn new(cfg: &HttpConfig, pod: &str) -> Result<Self, Error> {
+        Self::with_forward_limit(cfg, pod, admission::DEFAULT_FORWARDS_PER_POD)
+    }
+
+    /// Like [`AppState::new`], admitting `per_pod` interactions in flight to each pod (tests
+    /// use a small number).
+    ///
+    /// # Errors
+    /// [`Error::PublicKey`], [`Error::Client`].
+    pub fn with_forward_limit(cfg: &HttpConfig, pod: &str, per_pod: usize) -> Result<Self, Error> {
         let public_key = VerifyingKey::from_bytes(&cfg.public_key).map_err(Error::PublicKey)?;
         let pods = Pods::new(cfg.url_template.clone(), cfg.internal_token.clone())
             .map_err(Error::Client)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 public_key,
+                admission: Admission::new(per_pod),
                 token: cfg.internal_token.clone(),
                 pods,
                 topology: Arc::new(TopologyCache::new(cfg.initial_topology)),
@@ -167,12 +182,26 @@ pub async fn run(cfg: HttpConfig, listener: TcpListener, shutdown: Shutdown) -> 
 
 /// Runs the service with prepared state: starts the topology refresher, serves until
 /// `shutdown` trips, then lets in-flight requests finish (each is bounded by Discord's 3 s).
+/// Connections get [`Limits::PUBLIC`]: the endpoint faces the internet.
 ///
 /// # Errors
 /// [`Error::Serve`] when the listener fails.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    serve_with_limits(state, listener, Limits::PUBLIC, shutdown).await
+}
+
+/// [`serve`] with other connection limits (tests use short ones).
+///
+/// # Errors
+/// [`Error::Serve`] when the listener fails.
+pub async fn serve_with_limits(
+    state: AppState,
+    listener: TcpListener,
+    limits: Limits,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
     let inner = &state.inner;
@@ -183,8 +212,7 @@ pub async fn serve(
             inner.metrics.clone(),
             shutdown.clone(),
         ));
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled())
+    crate::listener::serve(listener, app(state), limits, shutdown.cancelled())
         .await
         .map_err(Error::Serve)
 }

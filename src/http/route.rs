@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 
 use crate::config::{Secret, UrlTemplate};
 use crate::ownership::{GuildId, Ordinal};
-use crate::wire::{InteractionOutcome, NotOwner, StatusReport, DEADLINE_HEADER};
+use crate::wire::{ErrorBody, InteractionOutcome, NotOwner, StatusReport, DEADLINE_HEADER};
 
 /// How long to wait for a TCP connection to a pod: pods are in-cluster, so a slow connect
 /// means a pod that is gone.
@@ -21,6 +21,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle keep-alive connections kept per pod.
 const IDLE_PER_POD: usize = 32;
+/// How long an idle pooled connection is kept: shorter than the pods' idle timeout
+/// (`listener::Limits::INTERNAL.header_read`, 30 s), so the pool lets a connection go before
+/// the pod closes it and a request never races the pod's close.
+const POOL_IDLE: Duration = Duration::from_secs(20);
 
 /// A call to a pod that did not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,14 @@ pub enum RouteError {
     Timeout {
         /// The pod.
         ordinal: Ordinal,
+    },
+    /// The pod refused the request as malformed (400) without acting on it.
+    #[error("gateway-{ordinal} could not read the request: {reason}")]
+    Rejected {
+        /// The pod.
+        ordinal: Ordinal,
+        /// The pod's error text.
+        reason: String,
     },
     /// The connection failed mid-request or the answer was not what the contract says.
     #[error("gateway-{ordinal}: {reason}")]
@@ -85,7 +97,7 @@ impl Pods {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(IDLE_PER_POD)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(POOL_IDLE)
             .tcp_keepalive(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()?;
@@ -120,7 +132,8 @@ impl Pods {
     /// the call itself gives up after `timeout`.
     ///
     /// # Errors
-    /// [`RouteError`]: connect failures (nothing sent), timeouts, 5xx and malformed answers.
+    /// [`RouteError`]: connect failures (nothing sent), timeouts, a 400 ([`RouteError::Rejected`]),
+    /// 5xx and malformed answers.
     pub async fn interaction(
         &self,
         ordinal: Ordinal,
@@ -152,6 +165,11 @@ impl Pods {
             StatusCode::CONFLICT => serde_json::from_slice(&bytes)
                 .map(Forwarded::NotOwner)
                 .map_err(|e| failed(format!("malformed 409 body: {e}"))),
+            StatusCode::BAD_REQUEST => Err(RouteError::Rejected {
+                ordinal,
+                reason: serde_json::from_slice::<ErrorBody>(&bytes)
+                    .map_or_else(|_| "answered 400".to_owned(), |b| b.error),
+            }),
             s => Err(failed(format!("answered {s}"))),
         }
     }
