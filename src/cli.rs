@@ -213,7 +213,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(config) => config,
                 Err(err) => return Ok(config_error(&err)),
             };
-            return Ok(database_refused(cmd_gateway(config))?.unwrap_or(ExitCode::SUCCESS));
+            return Ok(operator_must_act(cmd_gateway(config))?.unwrap_or(ExitCode::SUCCESS));
         }
         Command::Http => {
             let config = match HttpConfig::from_env(std::env::vars()) {
@@ -240,13 +240,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(usage) = err.downcast_ref::<UsageError>() {
                 eprintln!("guildshard: error: {usage}");
                 return Ok(ExitCode::from(EXIT_USAGE));
-            }
-            // The operator has to act (RBAC, the StatefulSet's name): one line, exit 64.
-            if let Some(refused @ guildshard::gateway::Error::PodCount(_)) =
-                err.downcast_ref::<guildshard::gateway::Error>()
-            {
-                eprintln!("guildshard: {refused}");
-                return Ok(ExitCode::from(EXIT_CONFIG));
             }
             Err(err)
         }
@@ -408,10 +401,11 @@ fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
 const GATEWAY_GRACE: std::time::Duration =
     std::time::Duration::from_secs(guildshard::gateway::DRAIN_LIMIT.as_secs() + 20);
 
-/// A database that cannot be opened (corrupt, not a database, from a newer binary) is a
-/// deployment problem like a bad variable: one line and [`EXIT_CONFIG`], as the README says.
-/// Other failures pass through.
-fn database_refused(result: anyhow::Result<()>) -> anyhow::Result<Option<ExitCode>> {
+/// A database that cannot be opened (corrupt, not a database, from a newer binary), or a pod
+/// count the Kubernetes API refuses (RBAC, the StatefulSet's name), is a deployment problem
+/// like a bad variable: one line and [`EXIT_CONFIG`], as the README says. Other failures pass
+/// through.
+fn operator_must_act(result: anyhow::Result<()>) -> anyhow::Result<Option<ExitCode>> {
     let Err(err) = result else {
         return Ok(None);
     };
@@ -419,6 +413,10 @@ fn database_refused(result: anyhow::Result<()>) -> anyhow::Result<Option<ExitCod
         // The store's message already carries its cause, so print it alone, not the chain.
         Some(open @ guildshard::gateway::Error::OpenDatabase { source, .. }) => {
             eprintln!("guildshard: error: {open}: {source}");
+            Ok(Some(ExitCode::from(EXIT_CONFIG)))
+        }
+        Some(refused @ guildshard::gateway::Error::PodCount(_)) => {
+            eprintln!("guildshard: error: {refused}");
             Ok(Some(ExitCode::from(EXIT_CONFIG)))
         }
         _ => Err(err),

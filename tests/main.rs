@@ -13,6 +13,7 @@ mod gateway;
 mod http;
 mod kube_api;
 mod litestream;
+mod live_topology;
 mod ownership;
 mod reshard;
 mod store;
