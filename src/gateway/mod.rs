@@ -4,9 +4,13 @@
 //!
 //! Level 3: uses `store`, `reshard`, `ownership`, `config`, `wire`, `commands`.
 //!
-//! Shutdown order (SIGTERM): mark not ready, close the shards with a resumable code (no new
-//! events), wait for in-flight handlers, stop the outbox sender, flush and close the store, then
-//! stop the HTTP listeners. Nothing acknowledged is lost: a write is acknowledged only after its
+//! The pod count comes from [`pod_count`]: the StatefulSet's replicas, watched, or
+//! `NUM_GATEWAY_PODS`. A change of it moves the pod to the new topology without a restart.
+//!
+//! Shutdown order (SIGTERM): a pod removed by a scale-down first hands its guilds over
+//! (`drain`, bounded by the grace period); then mark not ready, close the shards with a
+//! resumable code (no new events), wait for in-flight handlers, stop the outbox sender, flush
+//! and close the store, then stop the HTTP listeners. Nothing acknowledged is lost: a write is acknowledged only after its
 //! commit.
 
 pub mod classify;

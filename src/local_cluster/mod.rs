@@ -88,7 +88,9 @@ pub struct StatefulSetSpec {
 }
 
 impl Default for StatefulSetSpec {
-    /// As `cluster/base/gateway-statefulset.yaml`.
+    /// As `cluster/base/gateway-statefulset.yaml`, but a 60 s grace period (the manifest's
+    /// 300 s is sized for tens of thousands of guilds per pod; local clusters hold far fewer,
+    /// and a pod that hangs should fail a test sooner).
     fn default() -> Self {
         StatefulSetSpec {
             pod_management: PodManagementPolicy::Parallel,

@@ -10,11 +10,18 @@
 //! (polls, covers, convergence) and moving data (the handoff, which can take minutes) run as
 //! two loops, so a peer that dies during a long handoff is still covered within a poll.
 //!
-//! 1. **Persisted topology.** At start a pod stores the topology it runs under (`meta`
-//!    `topology`). When the stored one differs, it is kept as `topology.previous` and the pod
-//!    processes its guilds under the new topology **and** the previous one. `topology.previous`
-//!    is removed only when the pod sees the transition converged, so a pod killed -9 mid-rollout
-//!    restarts still processing both sets.
+//! 0. **Live pod count.** The pod count is the gateway StatefulSet's `spec.replicas`, which
+//!    every pod watches through the Kubernetes API ([`statefulset`]; `NUM_GATEWAY_PODS` is a
+//!    fixed override). A change moves the running pod to the new topology
+//!    ([`coordinator::Coordinator::retarget`]): no pod restarts for a rescale, so a rescale
+//!    costs Discord identifies only for the new ordinals' shards.
+//! 1. **Persisted topology history.** A pod stores the topology it runs under (`meta`
+//!    `topology`) and every topology it ran under since the last convergence
+//!    (`topology.history`, oldest first; written before the new current one), and processes
+//!    its guilds under **all** of them. A second change before convergence (3→4, then →5) is
+//!    normal: the history then holds 3 and 4. The history is cleared only when the pod sees
+//!    the transition converged, so a pod killed -9 mid-transition restarts still processing
+//!    every set. `replicas: 0` stops the bot: the pods keep their topology and data.
 //! 2. **Cover while down** (our addition to DESIGN §7). A StatefulSet restarts a pod in place: for
 //!    the seconds between the old process closing its gateway and the new one's READY on its
 //!    **last** shard, nobody would process that ordinal's guilds, and a fresh IDENTIFY does not
@@ -64,10 +71,14 @@
 //!    Litestream replica (`litestream restore -o <tmp>` with `POD_ORDINAL=<k>`) into a temporary
 //!    file, enumerates its guilds, imports the ones it owns, and clears the entry. Loss is
 //!    bounded by Litestream's sync interval.
-//! 6. **Draining.** Pods with ordinal `>= N` own nothing under the new topology; they keep
-//!    processing their previous guilds until convergence, serve exports, and report
-//!    `draining` with `guilds_held` until every guild is pulled. Scale-down is safe once
-//!    `guildshard status` shows them empty.
+//! 6. **Draining.** On a scale-down the StatefulSet controller sends SIGTERM to the removed
+//!    ordinals (`>= N`). Such a pod reads the StatefulSet once more (the watch may lag the
+//!    signal), sees it was removed, and keeps running: processing its previous guilds until
+//!    convergence, serving exports, reporting `draining`. It stops once it holds nothing and
+//!    every member has converged and reported it empty (`departed_empty`), or 10 s before its
+//!    grace period ends. Members track removed ordinals they saw holding guilds
+//!    (`departing`); one that disappears while still holding guilds (killed -9, or out of
+//!    time) is added to the pending replicas of 5, and its guilds come back from its replica.
 //!
 //! # Invariants
 //! - No gap: at every instant each guild has a processing pod; after a kill -9 the peers'
