@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use guildshard::emulator::{EventKind, TrafficRequest};
 use guildshard::local_cluster::LocalCluster;
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 use guildshard::reshard::topology::now_ms;
@@ -79,25 +78,11 @@ fn pids(cluster: &LocalCluster) -> BTreeMap<u32, u32> {
 }
 
 fn emitted(cluster: &LocalCluster) -> BTreeSet<(u64, u64)> {
-    cluster
-        .emulator()
-        .traffic_log()
-        .iter()
-        .filter(|e| e.kind == EventKind::MessageCreate)
-        .filter_map(|e| Some((e.guild_id?, e.message_id?)))
-        .collect()
+    cluster::emitted_messages(cluster)
 }
 
 fn start_traffic(cluster: &LocalCluster, seed: u64) {
-    cluster
-        .emulator()
-        .start_traffic(TrafficRequest {
-            rate: 100.0,
-            count: None,
-            duration_ms: None,
-            seed: Some(seed),
-        })
-        .expect("traffic starts");
+    cluster::start_traffic(cluster, 100.0, seed);
 }
 
 /// Every emitted message recorded exactly once, each on its owner among the running pods.

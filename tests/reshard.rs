@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use guildshard::emulator::{EventKind, TrafficRequest};
+use guildshard::emulator::TrafficRequest;
 use guildshard::local_cluster::LocalCluster;
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 use guildshard::reshard::plan::{generated_snowflakes, Plan};
@@ -20,26 +20,12 @@ use crate::support::windows;
 const RESCALE_LIMIT: Duration = Duration::from_secs(60);
 
 fn expected_messages(cluster: &LocalCluster) -> BTreeSet<(u64, u64)> {
-    cluster
-        .emulator()
-        .traffic_log()
-        .iter()
-        .filter(|e| e.kind == EventKind::MessageCreate)
-        .filter_map(|e| Some((e.guild_id?, e.message_id?)))
-        .collect()
+    cluster::emitted_messages(cluster)
 }
 
 /// Traffic until stopped, at a rate two cores can take alongside the pods.
 fn start_traffic(cluster: &LocalCluster, seed: u64) {
-    cluster
-        .emulator()
-        .start_traffic(TrafficRequest {
-            rate: 150.0,
-            count: None,
-            duration_ms: None,
-            seed: Some(seed),
-        })
-        .expect("traffic starts");
+    cluster::start_traffic(cluster, 150.0, seed);
 }
 
 /// Where each counted message lives among the running pods, or why the final state is not

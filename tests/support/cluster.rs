@@ -171,3 +171,27 @@ pub fn activity_by_pod(
         .map(|&o| (o, activity(&cluster.db_path(o))))
         .collect()
 }
+
+/// `(guild_id, message_id)` of every message the emulator's traffic generator emitted.
+pub fn emitted_messages(cluster: &LocalCluster) -> BTreeSet<(u64, u64)> {
+    cluster
+        .emulator()
+        .traffic_log()
+        .iter()
+        .filter(|e| e.kind == guildshard::emulator::EventKind::MessageCreate)
+        .filter_map(|e| Some((e.guild_id?, e.message_id?)))
+        .collect()
+}
+
+/// Traffic at `rate` events/s until stopped.
+pub fn start_traffic(cluster: &LocalCluster, rate: f64, seed: u64) {
+    cluster
+        .emulator()
+        .start_traffic(guildshard::emulator::TrafficRequest {
+            rate,
+            count: None,
+            duration_ms: None,
+            seed: Some(seed),
+        })
+        .expect("traffic starts");
+}
