@@ -302,6 +302,10 @@ async fn pods_keep_their_pod_count_while_the_api_is_away_and_follow_it_when_it_r
         metrics.contains("guildshard_topology_source_up{pod=\"gateway-1\"} 0"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("guildshard_store_wal_bytes{pod=\"gateway-1\"} "),
+        "the pod reports its WAL, which only Litestream checkpoints: {metrics}"
+    );
 
     // A scale made during the outage takes effect once the API answers again.
     cluster.kube().set_outage(false);

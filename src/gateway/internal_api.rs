@@ -377,6 +377,7 @@ async fn metrics(State(pod): State<Arc<Pod>>) -> impl IntoResponse {
                 covering: pod.ownership.covering().len(),
                 transitioning: pod.ownership.processing().transitioning(),
                 topology_source_up: pod.topology_source.connected(),
+                wal_bytes: pod.store.wal_bytes(),
             },
         ),
     )

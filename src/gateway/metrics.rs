@@ -253,6 +253,8 @@ pub struct Resharding {
     pub transitioning: bool,
     /// Whether the pod count's source (the Kubernetes API, or the fixed override) answers.
     pub topology_source_up: bool,
+    /// The SQLite WAL's size, bytes.
+    pub wal_bytes: u64,
 }
 
 fn encode_resharding(out: &mut String, pod: &str, r: &Resharding) -> std::fmt::Result {
@@ -304,6 +306,11 @@ fn encode_resharding(out: &mut String, pod: &str, r: &Resharding) -> std::fmt::R
             "guildshard_topology_source_up",
             "0 while the Kubernetes API cannot be reached: the pod keeps the last pod count it knew",
             u64::from(r.topology_source_up),
+        ),
+        (
+            "guildshard_store_wal_bytes",
+            "Size of the SQLite WAL; only Litestream checkpoints it, so it grows while the sidecar is down",
+            r.wal_bytes,
         ),
     ] {
         writeln!(

@@ -461,6 +461,12 @@ impl Store {
         self.read(move |c| meta::get(c, &key)).await
     }
 
+    /// Size of the write-ahead log alone, bytes. With `wal_autocheckpoint=0` only Litestream
+    /// checkpoints it, so a WAL that keeps growing means the sidecar is not doing so.
+    pub fn wal_bytes(&self) -> u64 {
+        file_len(&sidecar(&self.inner.path, "-wal"))
+    }
+
     /// The size of the database on disk: the main file plus its WAL.
     ///
     /// # Errors
