@@ -5,9 +5,10 @@
 //!
 //! # Layout
 //! Imports only point down the levels:
-//! - L0 [`ownership`] (the one guild→pod function), [`config`] (env), [`commands`] (the
-//!   command set), [`shutdown`], [`listener`] (serving a router with connection limits and
-//!   timeouts), [`telemetry`], [`wire`] (serde types that cross processes, no I/O).
+//! - L0 [`ownership`] (the one guild→pod function), [`calendar`] (UTC day arithmetic), [`config`]
+//!   (env), [`commands`] (the command set), [`shutdown`], [`listener`] (serving a router with
+//!   connection limits and timeouts), [`telemetry`], [`wire`] (serde types that cross processes,
+//!   no I/O).
 //! - L1 [`store`] (per-pod SQLite: migrations, batched writer, idempotent upserts, guild
 //!   export/import), [`emulator`] (a local Discord: gateway WebSocket, REST, control API,
 //!   traffic generator) and [`kube_api`] (a Kubernetes API stand-in serving the gateway
@@ -24,6 +25,7 @@
 //! (`tests/architecture.rs` checks this).
 
 pub mod bench;
+pub mod calendar;
 pub mod commands;
 pub mod config;
 pub mod dev;

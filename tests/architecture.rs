@@ -37,6 +37,21 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "calendar",
+        &[
+            "store",
+            "emulator",
+            "kube_api",
+            "reshard",
+            "gateway",
+            "http",
+            "local_cluster",
+            "dev",
+            "config",
+            "ownership",
+        ],
+    ),
+    (
         "commands",
         &[
             "store",

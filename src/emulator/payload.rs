@@ -9,6 +9,7 @@
 use serde_json::{json, Value};
 
 use super::state::{Channel, Guild, Member, Message, User};
+use crate::calendar::civil_from_days;
 use crate::ownership::DISCORD_EPOCH_MS;
 
 /// Permissions of `@everyone` in emulated guilds (view, send, read history, reactions, ...).
@@ -53,20 +54,6 @@ pub(crate) fn iso8601(ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day) (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// A user object.

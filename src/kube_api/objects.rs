@@ -5,6 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{KubeApiConfig, PodManagementPolicy};
+use crate::calendar::civil_from_days;
 
 /// The API group and version of StatefulSets.
 pub(crate) const APPS_V1: &str = "apps/v1";
@@ -455,19 +456,6 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
     let days = days_from_civil(y, mo, d);
     u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se).ok()
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A proleptic Gregorian date to days since 1970-01-01 (H. Hinnant's algorithm).
