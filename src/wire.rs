@@ -74,6 +74,110 @@ pub struct StatusReport {
     /// member lists it here.
     #[serde(default)]
     pub departed_empty: Vec<Ordinal>,
+    /// The Discord shards this pod connects now.
+    #[serde(default)]
+    pub shards: Vec<u32>,
+    /// Every shard session this pod knows of (its own and those its peers published): a pod
+    /// that takes a shard over resumes from the best of them.
+    #[serde(default)]
+    pub sessions: Vec<ShardSession>,
+    /// Sessions that could not be resumed since the pod started, newest last (a real gap).
+    #[serde(default)]
+    pub gaps: Vec<SessionGap>,
+    /// Dispatches received from Discord that still wait for their owner's acknowledgement.
+    #[serde(default)]
+    pub unacknowledged: u64,
+}
+
+/// One Discord shard's session, as its connector publishes it: whoever takes the shard over
+/// RESUMEs it from `acked_seq`, and Discord replays everything after (DESIGN §6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSession {
+    /// The shard.
+    pub shard: u32,
+    /// Discord's session id; empty for a session known to be gone (invalidated).
+    pub session_id: String,
+    /// Where to resume it (`resume_gateway_url` of its READY).
+    pub resume_url: String,
+    /// Every dispatch up to this sequence number was committed by its owner.
+    pub acked_seq: u64,
+    /// Grows by one each time the shard moves or gets a new session: of two records of one
+    /// shard, the one with the higher `(epoch, acked_seq)` is current.
+    pub epoch: u64,
+}
+
+impl ShardSession {
+    /// Whether the record names a session that may still be resumed.
+    pub fn resumable(&self) -> bool {
+        !self.session_id.is_empty()
+    }
+
+    /// Whether `self` is newer than `other` (same shard).
+    pub fn supersedes(&self, other: &ShardSession) -> bool {
+        (self.epoch, self.acked_seq) > (other.epoch, other.acked_seq)
+    }
+}
+
+/// A shard session that ended without a resume: the dispatches after `after_seq` of session
+/// `session_id` were never received (DESIGN §6: a real gap, never silent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionGap {
+    /// The shard.
+    pub shard: u32,
+    /// The session that ended.
+    pub session_id: String,
+    /// The last sequence number acknowledged in it; what came after may be lost.
+    pub after_seq: u64,
+    /// When the pod learned of it (Unix ms).
+    pub at_ms: u64,
+}
+
+/// What a pod answers at `POST /internal/v1/events` for each dispatch of the batch, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Handled and committed (or nothing to record): acknowledged.
+    Done,
+    /// The pod does not process this guild under its view: send it where the sender's view
+    /// says, later.
+    NotMine,
+}
+
+/// The body of `POST /internal/v1/events`, read without copying the frames.
+#[derive(Debug, Deserialize)]
+pub struct EventsBatch<'a> {
+    /// The connector that sends them.
+    pub from: Ordinal,
+    /// The dispatches, in the order the connector received them.
+    #[serde(borrow)]
+    pub events: Vec<RoutedFrame<'a>>,
+}
+
+/// One dispatch of an [`EventsBatch`].
+#[derive(Debug, Deserialize)]
+pub struct RoutedFrame<'a> {
+    /// The shard it came on.
+    pub shard: u32,
+    /// Its sequence number there.
+    pub seq: u64,
+    /// The frame as Discord sent it.
+    #[serde(borrow)]
+    pub frame: &'a serde_json::value::RawValue,
+}
+
+/// The answer to `POST /internal/v1/events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryResults {
+    /// One per dispatch sent, in order.
+    pub results: Vec<Delivery>,
+}
+
+/// The answer to `POST /internal/v1/shards/{id}/release`: the session the pod held for the
+/// shard, closed resumably, or none if it held none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The closed session.
+    pub session: Option<ShardSession>,
 }
 
 /// Where a pod learns the pod count (`fixed`: `NUM_GATEWAY_PODS`; `statefulset`: the
@@ -129,30 +233,6 @@ pub struct ProcessingWindow {
     /// Down peers it covers, each with the time from which their events are processed
     /// (earlier events still held are replayed when the cover starts).
     pub covering: Vec<(Ordinal, u64)>,
-}
-
-/// A one-off replay: a pod processed the events it had held of `for_ordinal`'s guilds received
-/// between `from_ms` and `to_ms`, because that pod restarted between two polls and missed
-/// them. Logged (field `replayed`, as JSON) like [`ProcessingWindow`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplayedWindow {
-    /// The pod that replayed.
-    pub ordinal: Ordinal,
-    /// When it took the held events (Unix ms): nothing received later was replayed.
-    pub at_ms: u64,
-    /// The replaying pod's topology, which says which guilds are `for_ordinal`'s.
-    pub current: Topology,
-    /// And its previous topologies, until convergence.
-    #[serde(default)]
-    pub history: Vec<Topology>,
-    /// The pod whose events were replayed.
-    pub for_ordinal: Ordinal,
-    /// From (Unix ms).
-    pub from_ms: u64,
-    /// To (Unix ms).
-    pub to_ms: u64,
-    /// Since when the replaying pod received events (it holds nothing from before).
-    pub receiving_since_ms: Option<u64>,
 }
 
 /// `GET /internal/v1/guilds`: the guilds a pod holds rows for.

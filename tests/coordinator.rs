@@ -99,6 +99,10 @@ impl Peerage {
             receiving_since_ms: (mode == Mode::Live).then_some(1),
             departing: Vec::new(),
             departed_empty: Vec::new(),
+            shards: Vec::new(),
+            sessions: Vec::new(),
+            gaps: Vec::new(),
+            unacknowledged: 0,
         }
     }
 }

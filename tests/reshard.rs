@@ -1,7 +1,6 @@
 //! Elastic resharding on a local cluster of real pod processes, with the emulator's traffic
-//! generator running throughout: afterwards every guild's rows live on exactly its owner, the
-//! union of the pods' data is what the generator emitted, and the pods' logged processing
-//! windows show that no guild was ever without a processing pod.
+//! generator running throughout: afterwards every guild's rows live on exactly its owner, and the
+//! union of the pods' data is exactly what the generator emitted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -10,11 +9,9 @@ use guildshard::emulator::TrafficRequest;
 use guildshard::local_cluster::LocalCluster;
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 use guildshard::reshard::plan::{generated_snowflakes, Plan};
-use guildshard::reshard::topology::now_ms;
 
 use crate::support::cluster::{self, activity_by_pod, logs};
 use crate::support::eventually::{eventually, patience};
-use crate::support::windows;
 
 /// Bound of one rescale (start, roll, converge); each step is itself bounded.
 const RESCALE_LIMIT: Duration = Duration::from_secs(60);
@@ -67,38 +64,6 @@ fn placement(
     Ok(())
 }
 
-/// Asserts that every guild had a processing pod from `from_ms` to `to_ms`, by the windows
-/// the pods logged and the lives of their processes.
-fn assert_no_gap(cluster: &LocalCluster, dir: &std::path::Path, from_ms: u64, to_ms: u64) {
-    let guilds: Vec<GuildId> = cluster
-        .emulator()
-        .guilds()
-        .iter()
-        .map(|g| GuildId(g.id))
-        .collect();
-    let recorded = windows::read(cluster.log_dir());
-    let gaps = windows::gaps(cluster.lives(), &recorded, &guilds, from_ms, to_ms);
-    if let Some(first) = gaps.first() {
-        // The records around the first gap, to see who should have covered it.
-        let near: Vec<String> = recorded
-            .windows
-            .values()
-            .flatten()
-            .filter(|w| w.at_ms + 5_000 >= first.from_ms && w.at_ms <= first.to_ms + 5_000)
-            .map(|w| format!("{w:?}"))
-            .chain(recorded.replays.iter().map(|r| format!("{r:?}")))
-            .collect();
-        panic!(
-            "{} gaps in processing between {from_ms} and {to_ms}, e.g. {:?}\nlives: {:?}\n\
-             window records near the first:\n{}\n{}",
-            gaps.len(),
-            &gaps[..gaps.len().min(5)],
-            cluster.lives(),
-            near.join("\n"),
-            logs(dir)
-        );
-    }
-}
 
 /// Runs `from` pods, rescales to `to` with traffic flowing, and checks the final placement.
 /// How the pods' shards start.
@@ -117,7 +82,6 @@ async fn rescale_under_traffic(strategy: Strategy, from: u32, to: u32, seed: u64
         Shards::Together => cluster::start_with(dir.path(), from, 60, strategy, &[], false).await,
         Shards::Staggered => cluster::start_staggered(dir.path(), from, 60, strategy).await,
     };
-    let traffic_from = now_ms();
     start_traffic(&cluster, seed);
     eventually("traffic before the change", || async {
         (expected_messages(&cluster).len() > 100).then_some(())
@@ -132,9 +96,7 @@ async fn rescale_under_traffic(strategy: Strategy, from: u32, to: u32, seed: u64
         (expected_messages(&cluster).len() > at_change + 100).then_some(())
     })
     .await;
-    let traffic_to = now_ms();
     cluster.emulator().stop_traffic();
-    assert_no_gap(&cluster, dir.path(), traffic_from, traffic_to);
     let topology = Topology::new(strategy, to).expect("to > 0");
     let expected = expected_messages(&cluster);
     let deadline = tokio::time::Instant::now() + patience();
@@ -237,7 +199,6 @@ async fn a_new_owner_killed_mid_handoff_converges_to_the_same_final_state() {
     .await;
     // Traffic keeps flowing through the whole change, the kill included: what gateway-2 was
     // processing when it died is covered by its peers, from the moment it was last seen live.
-    let traffic_from = now_ms();
     start_traffic(&cluster, 36);
 
     // Scale up by hand so the new owner can be killed while it pulls.
@@ -261,9 +222,7 @@ async fn a_new_owner_killed_mid_handoff_converges_to_the_same_final_state() {
         (expected_messages(&cluster).len() > at_change + 100).then_some(())
     })
     .await;
-    let traffic_to = now_ms();
     cluster.emulator().stop_traffic();
-    assert_no_gap(&cluster, dir.path(), traffic_from, traffic_to);
     let expected = expected_messages(&cluster);
     let three = Topology::new(Strategy::Md5, 3).expect("3");
     let deadline = tokio::time::Instant::now() + patience();
@@ -338,7 +297,6 @@ async fn a_scale_down_in_the_wrong_order_recovers_the_removed_pods_guilds_from_t
         crate::support::objstore::start_object_store(&dir.path().join("s3"))
     });
     let mut cluster = cluster::start_replicated(dir.path(), 4, 60, Strategy::Md5, &store).await;
-    let traffic_from = now_ms();
     start_traffic(&cluster, 37);
     eventually("every pod holds messages", || async {
         let by_pod = activity_by_pod(&cluster, &[0, 1, 2, 3]);
@@ -402,9 +360,7 @@ async fn a_scale_down_in_the_wrong_order_recovers_the_removed_pods_guilds_from_t
         (expected_messages(&cluster).len() > at_change + 100).then_some(())
     })
     .await;
-    let traffic_to = now_ms();
     cluster.emulator().stop_traffic();
-    assert_no_gap(&cluster, dir.path(), traffic_from, traffic_to);
 
     let two = Topology::new(Strategy::Md5, 2).expect("2");
     let expected = expected_messages(&cluster);

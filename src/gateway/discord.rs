@@ -1,29 +1,13 @@
-//! The connection to Discord (or the emulator): REST client and gateway shards.
+//! The connection to Discord (or the emulator): the REST client and the gateway's layout.
 //!
-//! Ownership by md5 is independent of Discord's own routing (`(guild_id >> 22) % S`), so every
-//! pod runs all S shards and filters (DESIGN §6). Each shard gets its own serenity `Client`
-//! started with `start_shard`: serenity 0.12's shard queuer waits a fixed 5 s between shards and
-//! ignores `max_concurrency`, so the pod starts them itself, `max_concurrency` at a time.
+//! The shard connections themselves are in [`crate::gateway::connector`]; this module builds
+//! the REST client and asks Discord how the bot's gateway is laid out.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use serenity::client::ClientBuilder;
-use serenity::gateway::ShardManager;
 use serenity::http::{Http, HttpBuilder};
 use serenity::model::gateway::GatewayIntents;
-use serenity::model::id::ShardId;
-use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::DiscordConfig;
-use crate::gateway::handler::Handler;
-use crate::gateway::pod::Pod;
-
-/// Discord's identify window: `max_concurrency` identifies per 5 seconds.
-const IDENTIFY_WINDOW: Duration = Duration::from_secs(5);
-/// A close code other than 1000/1001 keeps the session resumable (Discord, gateway docs).
-const RESUMABLE_CLOSE: u16 = 4000;
 
 /// The gateway intents the bot's features need.
 pub fn intents() -> GatewayIntents {
@@ -86,81 +70,41 @@ pub async fn ensure_application_id(rest: &Http) -> Result<(), ConnectError> {
     Ok(())
 }
 
-/// The running shards.
-pub struct Shards {
-    running: Vec<(u32, Arc<ShardManager>, JoinHandle<()>)>,
+/// What the gateway tier needs to know of the bot's gateway before its shards connect.
+#[derive(Clone, Debug)]
+pub struct GatewayPlan {
+    /// Shards of the bot.
+    pub shards: u32,
+    /// Identifies per 5 s window, bot-wide.
+    pub max_concurrency: u32,
+    /// The gateway URL to connect to.
+    pub url: String,
 }
 
-/// Starts every shard, `max_concurrency` at a time.
-pub async fn start(
-    cfg: &DiscordConfig,
-    pod: Arc<Pod>,
-    transport: reqwest::Client,
-) -> Result<Shards, ConnectError> {
-    let (total, max_concurrency) = match cfg.shard_count {
-        Some(n) => (n, 1),
-        None => {
-            let bot = pod
-                .rest
-                .get_bot_gateway()
-                .await
-                .map_err(|source| ConnectError::Rest {
-                    call: "get gateway/bot",
-                    source,
-                })?;
-            info!(
-                shards = bot.shards,
-                remaining = bot.session_start_limit.remaining,
-                max_concurrency = bot.session_start_limit.max_concurrency,
-                "identify budget"
-            );
-            (
-                bot.shards.max(1),
-                bot.session_start_limit.max_concurrency.max(1) as u32,
-            )
-        }
-    };
-    pod.sessions.expect(total);
-    let mut running = Vec::new();
-    for id in 0..total {
-        if id > 0 && id % max_concurrency == 0 {
-            tokio::time::sleep(IDENTIFY_WINDOW).await;
-        }
-        // `new_with_http` keeps the proxy; `Client::builder(token)` would build a fresh Http.
-        let mut client =
-            ClientBuilder::new_with_http(rest_client(cfg, transport.clone()), intents())
-                .raw_event_handler(Handler::new(pod.clone()))
-                .await
-                .map_err(|source| ConnectError::Rest {
-                    call: "get gateway",
-                    source,
-                })?;
-        let manager = client.shard_manager.clone();
-        let task = tokio::spawn(async move {
-            if let Err(err) = client.start_shard(id, total).await {
-                // Fatal for this shard (e.g. an invalid token): the pod stays up, unready.
-                warn!(shard = id, cause = %err, "gateway shard stopped");
-            }
-        });
-        running.push((id, manager, task));
-    }
-    info!(shards = total, "gateway shards started");
-    Ok(Shards { running })
+/// Asks `GET /gateway/bot` for the shard count (unless configured), `max_concurrency` and the
+/// gateway URL.
+pub async fn plan(cfg: &DiscordConfig, rest: &Http) -> Result<GatewayPlan, ConnectError> {
+    let bot = rest
+        .get_bot_gateway()
+        .await
+        .map_err(|source| ConnectError::Rest {
+            call: "get gateway/bot",
+            source,
+        })?;
+    info!(
+        shards = bot.shards,
+        remaining = bot.session_start_limit.remaining,
+        max_concurrency = bot.session_start_limit.max_concurrency,
+        "identify budget"
+    );
+    Ok(GatewayPlan {
+        shards: cfg.shard_count.unwrap_or(bot.shards).max(1),
+        max_concurrency: (bot.session_start_limit.max_concurrency as u32).max(1),
+        url: bot.url,
+    })
 }
 
-impl Shards {
-    /// Closes every shard with a resumable close code and stops its task, all at once: serenity
-    /// waits up to 5 s for each shard to confirm, so one after another a pod running 100 shards
-    /// could take minutes and outlast its termination grace period.
-    pub async fn close(self) {
-        futures::future::join_all(
-            self.running
-                .into_iter()
-                .map(|(id, manager, task)| async move {
-                    manager.shutdown(ShardId(id), RESUMABLE_CLOSE).await;
-                    task.abort();
-                }),
-        )
-        .await;
-    }
+/// The intents in the shard connections' type.
+pub fn shard_intents() -> twilight_gateway::Intents {
+    twilight_gateway::Intents::from_bits_truncate(intents().bits())
 }

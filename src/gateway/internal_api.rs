@@ -18,18 +18,22 @@ use tracing::warn;
 
 use crate::config::Secret;
 use crate::gateway::commands;
+use crate::gateway::intake;
 use crate::gateway::pod::Pod;
 use crate::listener::Arrival;
 use crate::ownership::{owner, GuildId, Ordinal};
 use crate::store::GuildVersion;
 use crate::wire::{
-    ErrorBody, HeldGuilds, InteractionOutcome, NotOwner, StatusReport, DEADLINE_HEADER,
-    GUILD_VERSION_HEADER,
+    DeliveryResults, ErrorBody, EventsBatch, HeldGuilds, InteractionOutcome, NotOwner, Released,
+    StatusReport, DEADLINE_HEADER, GUILD_VERSION_HEADER,
 };
 
 /// Largest interaction body accepted (Discord's payloads are a few KiB; resolved messages can
 /// make them larger).
 const MAX_INTERACTION_BODY: usize = 256 * 1024;
+/// Largest batch of routed dispatches accepted: at most 512 frames, and a large guild's
+/// GUILD_CREATE alone can be megabytes.
+const MAX_EVENTS_BODY: usize = 128 * 1024 * 1024;
 /// How long a command may run before it is deferred, when the caller does not say.
 const DEFAULT_DEADLINE: Duration = Duration::from_millis(2500);
 
@@ -110,6 +114,12 @@ pub fn internal_app(pod: Arc<Pod>, token: Secret) -> Router {
             "/internal/v1/interactions",
             post(interaction).layer(DefaultBodyLimit::max(MAX_INTERACTION_BODY)),
         )
+        .route(
+            "/internal/v1/events",
+            post(events).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)),
+        )
+        .route("/internal/v1/shards/{id}/release", post(release_shard))
+        .route("/internal/v1/identify/{shard}", post(identify))
         .route("/internal/v1/guilds", get(held_guilds))
         .route("/internal/v1/guilds/{id}/export", get(export))
         .route("/internal/v1/guilds/{id}/stats", get(guild_stats))
@@ -206,7 +216,61 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
         receiving_since_ms: pod.ownership.snapshot().receiving_since_ms,
         departing: pod.coordinator.departing(true),
         departed_empty: pod.coordinator.departing(false),
+        shards: pod.connectors.get().map(|c| c.shards()).unwrap_or_default(),
+        sessions: pod
+            .connectors
+            .get()
+            .map_or_else(|| pod.book.all(), |c| c.publish()),
+        gaps: pod
+            .gaps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect(),
+        unacknowledged: pod.connectors.get().map_or(0, |c| c.unacknowledged()),
     }
+}
+
+/// `POST /internal/v1/events`: dispatches a connector routed here; one answer each, after
+/// their writes committed.
+async fn events(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<DeliveryResults>, ApiError> {
+    let batch: EventsBatch<'_> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("not a batch of dispatches: {e}")))?;
+    let routed: Vec<intake::Routed<'_>> = batch
+        .events
+        .iter()
+        .map(|e| (e.shard, e.seq, e.frame.get()))
+        .collect();
+    let results = intake::take(&state.pod, &routed)
+        .await
+        .map_err(|e| ApiError::TooLate(e.to_string()))?;
+    Ok(Json(DeliveryResults { results }))
+}
+
+/// `POST /internal/v1/shards/{id}/release`: a peer takes the shard over; 409 while this pod
+/// still connects it under its own view.
+async fn release_shard(
+    State(state): State<ApiState>,
+    Path(shard): Path<u32>,
+) -> Result<Json<Released>, ApiError> {
+    let Some(connectors) = state.pod.connectors.get() else {
+        return Ok(Json(Released { session: None }));
+    };
+    match connectors.release(shard).await {
+        Ok(session) => Ok(Json(Released { session })),
+        Err(refused) => Err(ApiError::Conflict(refused.to_string())),
+    }
+}
+
+/// `POST /internal/v1/identify/{shard}`: answers when the shard may identify (this pod keeps
+/// the cluster's identify queue while it is the lowest live ordinal).
+async fn identify(State(state): State<ApiState>, Path(shard): Path<u32>) -> StatusCode {
+    state.pod.gate.grant(shard).await;
+    StatusCode::NO_CONTENT
 }
 
 async fn status(State(state): State<ApiState>) -> Json<StatusReport> {

@@ -20,6 +20,13 @@ pub struct EventLabels {
     pub kind: String,
 }
 
+/// Labels of delivery series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `local` (this pod processed it) or `peer`.
+    pub to: &'static str,
+}
+
 /// Labels of REST error series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RestLabels {
@@ -54,13 +61,17 @@ pub struct Metrics {
     pub interactions_abandoned: Counter,
     /// Guilds this pod has seen and owns.
     pub guilds_owned: Gauge,
-    /// Dispatches replayed from the held window when a cover of a down peer started.
-    pub events_replayed: Counter,
-    /// Dispatches dropped from the held window before their time was up (it was full).
-    pub events_hold_overflow: Counter,
-    /// Covers and replays that reached back further than the held dispatches did: some of
-    /// the down peer's events may have gone unprocessed (should stay 0).
-    pub covers_late: Counter,
+    /// Shard sessions that ended without a resume: the dispatches Discord had not sent yet
+    /// are lost (a real gap; should stay 0).
+    pub session_gaps: Counter,
+    /// IDENTIFYs this pod's shards sent (sessions started).
+    pub identifies: Counter,
+    /// Times a shard reader waited because an owner's delivery queue was full.
+    pub delivery_queue_full: Counter,
+    /// Deliveries to an owner that failed (unreachable, stopping) and were sent again.
+    pub delivery_failed: Counter,
+    /// Dispatches delivered and acknowledged, by where they went (`local` or `peer`).
+    pub events_delivered: Family<DeliveryLabels, Counter>,
     totals: Totals,
 }
 
@@ -95,9 +106,11 @@ impl Metrics {
             interactions: Family::default(),
             interactions_abandoned: Counter::default(),
             guilds_owned: Gauge::default(),
-            events_replayed: Counter::default(),
-            events_hold_overflow: Counter::default(),
-            covers_late: Counter::default(),
+            session_gaps: Counter::default(),
+            identifies: Counter::default(),
+            delivery_queue_full: Counter::default(),
+            delivery_failed: Counter::default(),
+            events_delivered: Family::default(),
             totals: Totals::default(),
             registry: Registry::default(),
         };
@@ -162,21 +175,39 @@ impl Metrics {
             m.guilds_owned.clone(),
         );
         registry.register(
-            "gateway_events_replayed",
-            "Dispatches replayed when covering a peer that went down",
-            m.events_replayed.clone(),
+            "gateway_session_gaps",
+            "Shard sessions that could not be resumed: dispatches after the last acknowledged one may be lost",
+            m.session_gaps.clone(),
         );
         registry.register(
-            "gateway_events_hold_overflow",
-            "Unprocessed dispatches dropped early because the replay window was full",
-            m.events_hold_overflow.clone(),
+            "gateway_identifies",
+            "IDENTIFYs sent by this pod's shards",
+            m.identifies.clone(),
         );
         registry.register(
-            "gateway_covers_late",
-            "Covers of a down peer that started later than the held dispatches reach back",
-            m.covers_late.clone(),
+            "gateway_delivery_queue_full",
+            "Times a shard reader waited because an owner's delivery queue was full",
+            m.delivery_queue_full.clone(),
+        );
+        registry.register(
+            "gateway_delivery_failed",
+            "Deliveries to an owner that failed and were sent again",
+            m.delivery_failed.clone(),
+        );
+        registry.register(
+            "gateway_events_delivered",
+            "Dispatches delivered to their owner and acknowledged",
+            m.events_delivered.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Counts `n` dispatches acknowledged by their owner (`local`: this pod).
+    pub fn delivered(&self, local: bool, n: usize) {
+        let to = if local { "local" } else { "peer" };
+        self.events_delivered
+            .get_or_create(&DeliveryLabels { to })
+            .inc_by(n as u64);
     }
 
     /// Counts a received dispatch.

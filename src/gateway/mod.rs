@@ -1,6 +1,7 @@
-//! A gateway pod (DESIGN §6): serenity shards whose every dispatch passes the ownership filter,
-//! the bot's features writing through the store, the outbox sender, the internal API and the
-//! public probes.
+//! A gateway pod (DESIGN §6): the Discord shards the shard map gives it ([`connector`]), whose
+//! dispatches it routes to their md5 owner ([`delivery`]); the dispatches routed to it
+//! ([`intake`]), handled by the bot's features writing through the store; the outbox sender,
+//! the internal API and the public probes.
 //!
 //! Level 3: uses `store`, `reshard`, `ownership`, `config`, `wire`, `commands`.
 //!
@@ -8,37 +9,51 @@
 //! `NUM_GATEWAY_PODS`. A change of it moves the pod to the new topology without a restart.
 //!
 //! Shutdown order (SIGTERM): a pod removed by a scale-down first hands its guilds over
-//! (`drain`, bounded by the grace period); then mark not ready, close the shards with a
-//! resumable code (no new events), wait for in-flight handlers, stop the outbox sender, flush
-//! and close the store, then stop the HTTP listeners. Nothing acknowledged is lost: a write is acknowledged only after its
-//! commit.
+//! (`drain`, bounded by the grace period); then it says it is stopping, so its peers take its
+//! shards over (each released with a resumable close, its session handed to the next connector,
+//! which RESUMEs); what is left is closed resumably and its sessions saved. It keeps taking
+//! dispatches until a peer covers its guilds, waits for in-flight handlers, stops the outbox
+//! sender, flushes and closes the store, then stops the HTTP listeners. Nothing acknowledged is
+//! lost: a dispatch is acknowledged only after its writes commit, and whatever was not is
+//! replayed by Discord to the next connector.
 
+pub mod acks;
 pub mod classify;
 pub mod commands;
-pub mod cover;
+pub mod connector;
+pub mod delivery;
 pub mod discord;
+pub mod envelope;
 pub mod features;
-pub mod handler;
+pub mod identify_queue;
+pub mod intake;
 pub mod internal_api;
+pub mod members;
 pub mod metrics;
 pub mod outbox;
 pub mod pod;
 pub mod pod_count;
-pub mod replay;
+pub mod session_book;
+pub mod shard_map;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::config::GatewayConfig;
 use crate::gateway::features::now_ms;
 use crate::gateway::metrics::Metrics;
+use crate::gateway::connector::{Connectors, ShardsConfig};
+use crate::gateway::delivery::Router;
+use crate::gateway::identify_queue::{ClusterQueue, IdentifyGate};
+use crate::gateway::members::Members;
 use crate::gateway::pod::Pod;
+use crate::gateway::session_book::{SessionBook, META_SESSIONS};
 use crate::listener::Limits;
 use crate::reshard::coordinator::Coordinator;
 use crate::reshard::peers::Peers;
@@ -55,8 +70,12 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 const CONTENT_RETENTION_MS: u64 = 7 * 86_400_000;
 /// The meta key holding the topology this pod last ran under.
 pub const META_TOPOLOGY: &str = crate::reshard::coordinator::META_TOPOLOGY;
-/// How long a stopping pod waits for a peer to cover its guilds before closing the gateway.
+/// How long a stopping pod waits for a peer to cover its guilds before it stops taking
+/// dispatches.
 const AWAIT_COVER: Duration = Duration::from_secs(3);
+/// How long a stopping pod waits for its peers to take its shards over before it closes the
+/// rest itself (their sessions stay resumable and published).
+const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 /// A removed pod's drain ends this long before Kubernetes' grace period does, leaving time to
 /// close the gateway, flush the database and let the Litestream sidecar sync last.
 const DRAIN_RESERVE: Duration = Duration::from_secs(10);
@@ -160,13 +179,16 @@ async fn run_pod(
     let transport = discord::transport().map_err(Error::Transport)?;
     let rest = Arc::new(discord::rest_client(&cfg.discord, transport.clone()));
     discord::ensure_application_id(&rest).await?;
+    let plan = discord::plan(&cfg.discord, &rest).await?;
     let ownership = Arc::new(OwnershipView::new(cfg.ordinal, processing));
+    let peers = Peers::new(cfg.url_template.clone(), cfg.internal_token.clone());
     let coordinator = Arc::new(Coordinator::new(
         ownership.clone(),
         store.clone(),
-        Peers::new(cfg.url_template.clone(), cfg.internal_token.clone()),
+        peers.clone(),
         replica_config(&cfg),
     ));
+    let (members, members_rx) = watch::channel(Members::default());
     let pod = Arc::new(Pod {
         name: pod_name.clone(),
         instance: rand::random(),
@@ -179,15 +201,36 @@ async fn run_pod(
         inflight: TaskTracker::new(),
         stopping: AtomicBool::new(false),
         draining: AtomicBool::new(false),
-        sessions: pod::ShardSessions::default(),
+        book: SessionBook::default(),
+        connectors: std::sync::OnceLock::new(),
+        router: Router::new(members_rx.clone()),
+        gate: Arc::new(IdentifyGate::new(plan.max_concurrency)),
+        members,
+        peers: peers.clone(),
+        gaps: Mutex::default(),
         identifies: AtomicU64::new(0),
         guilds: Mutex::new(pod::SeenGuilds::default()),
         held_foreign: Mutex::new(None),
-        replay: replay::ReplayBuffer::default(),
         last_error: Mutex::new(None),
         command_delay: cfg.command_delay,
         topology_source: count.health.clone(),
     });
+    if let Some(saved) = store.meta(META_SESSIONS).await? {
+        let n = pod.book.learn_saved(&saved);
+        info!(sessions = n, "shard sessions saved when this pod last stopped");
+    }
+    let connectors = Arc::new(Connectors::new(
+        pod.clone(),
+        ShardsConfig {
+            total: plan.shards,
+            token: cfg.discord.token.expose().to_owned(),
+            intents: discord::shard_intents(),
+            gateway_url: Some(plan.url.clone()),
+        },
+        ClusterQueue::new(cfg.ordinal, pod.gate.clone(), members_rx.clone(), peers),
+        members_rx,
+    ));
+    let _ = pod.connectors.set(connectors.clone());
 
     // HTTP surfaces first, so probes answer (not ready) while the shards connect.
     let servers = Shutdown::new();
@@ -207,7 +250,6 @@ async fn run_pod(
     if cfg.ordinal.0 == 0 {
         register_commands(&pod).await;
     }
-    let shards = discord::start(&cfg.discord, pod.clone(), transport).await?;
 
     let background = Shutdown::new();
     let outbox = tokio::spawn(outbox::run(pod.clone(), background.cancelled()).in_current_span());
@@ -218,7 +260,9 @@ async fn run_pod(
             .run(background.cancelled())
             .instrument(tracing::info_span!("reshard")),
     );
-    let covers = tokio::spawn(cover::run(pod.clone(), background.cancelled()).in_current_span());
+    let membership = tokio::spawn(follow_members(pod.clone(), background.cancelled()).in_current_span());
+    let shards = Shutdown::new();
+    let connecting = tokio::spawn(connectors.clone().run(shards.cancelled()).in_current_span());
     let source = count.source.clone();
     let following = tokio::spawn(
         follow_pod_count(count, coordinator.clone(), background.cancelled()).in_current_span(),
@@ -229,12 +273,26 @@ async fn run_pod(
     if removed_by_scale_down(&pod, target) {
         drain(&pod, grace_of(target)).await;
     }
-    info!("shutting down: closing the gateway, draining handlers, flushing the database");
+    info!("shutting down: handing the shards over, draining handlers, flushing the database");
     pod.stopping.store(true, Ordering::Relaxed);
-    // Keep processing until a peer covers this pod's guilds (DESIGN §7, cover while down).
+    shards.trigger();
+    let _ = connecting.await;
+    if !connectors.await_handed_over(HANDOVER_WAIT).await {
+        info!(shards = ?connectors.shards(), "closing the shards no peer took, resumably");
+        connectors.close_all().await;
+    }
+    if let Err(err) = store
+        .apply(Write::SetMeta {
+            key: META_SESSIONS.into(),
+            value: pod.book.to_json(),
+        })
+        .await
+    {
+        warn!(cause = %err, "could not save the shard sessions");
+    }
+    // Keep taking dispatches until a peer covers this pod's guilds (DESIGN §7, cover while down).
     coordinator.await_cover(AWAIT_COVER).await;
     pod.ownership.set_receiving(false);
-    shards.close().await;
     pod.inflight.close();
     if tokio::time::timeout(DRAIN_HANDLERS, pod.inflight.wait())
         .await
@@ -246,7 +304,7 @@ async fn run_pod(
     let _ = outbox.await;
     let _ = purge.await;
     let _ = resharding.await;
-    let _ = covers.await;
+    let _ = membership.await;
     let _ = following.await;
     store.close().await?;
     servers.trigger();
@@ -254,6 +312,34 @@ async fn run_pod(
     let _ = internal.await;
     info!("shutdown complete");
     Ok(())
+}
+
+/// Keeps the pod's view of its peers ([`Members`]) current from every status poll, until
+/// `stop`.
+async fn follow_members(pod: Arc<Pod>, stop: impl std::future::Future<Output = ()>) {
+    let mut reports = pod.coordinator.subscribe_reports();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            changed = reports.changed() => if changed.is_err() { return },
+        }
+        let latest = reports.borrow_and_update().clone();
+        let view = members::from_poll(
+            pod.ordinal(),
+            !pod.stopping.load(Ordering::Relaxed),
+            pod.ownership.current().pods.get(),
+            latest.iter(),
+        );
+        pod.members.send_if_modified(|m| {
+            let changed = *m != view;
+            if changed {
+                info!(live = ?view.live.iter().map(|o| o.0).collect::<Vec<_>>(), "gateway members");
+                *m = view;
+            }
+            changed
+        });
+    }
 }
 
 /// Follows the pod count's source: each new `spec.replicas` moves the pod to the new topology

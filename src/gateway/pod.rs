@@ -42,8 +42,20 @@ pub struct Pod {
     pub draining: AtomicBool,
     /// Whether the pod count's source (the StatefulSet) is reachable.
     pub topology_source: Arc<crate::reshard::statefulset::SourceHealth>,
-    /// Which of the pod's shards have had a session (READY) since the process started.
-    pub sessions: ShardSessions,
+    /// Every shard session this pod knows of (DESIGN §6).
+    pub book: crate::gateway::session_book::SessionBook,
+    /// The shards this pod connects; set once they are configured.
+    pub connectors: std::sync::OnceLock<Arc<crate::gateway::connector::Connectors>>,
+    /// The per-owner delivery queues of the dispatches this pod's shards receive.
+    pub router: crate::gateway::delivery::Router,
+    /// The cluster's identify queue, kept here while this pod is its keeper.
+    pub gate: Arc<crate::gateway::identify_queue::IdentifyGate>,
+    /// This pod's view of its peers, from its last status poll.
+    pub members: tokio::sync::watch::Sender<crate::gateway::members::Members>,
+    /// Peer pods' internal API.
+    pub peers: crate::reshard::peers::Peers,
+    /// Shard sessions that could not be resumed since start, newest last.
+    pub gaps: Mutex<std::collections::VecDeque<crate::wire::SessionGap>>,
     /// IDENTIFYs sent (sessions started) since the pod started.
     pub identifies: AtomicU64,
     /// Guilds this pod has seen a GUILD_CREATE for and processes, and how many of them it owns
@@ -52,8 +64,6 @@ pub struct Pod {
     /// `(held generation, topology, held guilds this pod does not own under it)`: recounted
     /// only when the set of held guilds or the topology changes, not on every status poll.
     pub held_foreign: Mutex<Option<(u64, Topology, u64)>>,
-    /// What this pod received but did not process, for covers that start in the past.
-    pub replay: crate::gateway::replay::ReplayBuffer,
     /// The last error worth reporting in status.
     pub last_error: Mutex<Option<String>>,
     /// Artificial delay before executing a command (fault injection for deadline tests).
@@ -66,10 +76,10 @@ impl Pod {
         self.ownership.ordinal()
     }
 
-    /// Ready to serve: every shard has had a session, so the pod receives all its guilds'
-    /// events (migrations ran before the pod was built).
+    /// Ready to serve: every shard the map gives this pod is connected (migrations ran before
+    /// the pod was built), and it is not stopping.
     pub fn is_ready(&self) -> bool {
-        self.sessions.all_ready() && !self.stopping.load(Ordering::Relaxed)
+        self.connectors.get().is_some_and(|c| c.is_ready()) && !self.stopping.load(Ordering::Relaxed)
     }
 
     /// Remembers an error for the status report.
@@ -174,73 +184,5 @@ impl SeenGuilds {
             .filter(|g| owner(**g, topology) == me)
             .count() as u64;
         self.counted_under = Some(topology);
-    }
-}
-
-/// The shards whose first session (READY) has arrived, against how many the pod runs.
-///
-/// A pod receives every event of its guilds only once all its shards have sessions: events
-/// routed to a shard before its READY never reach this process. So "receiving" (which peers
-/// use to decide what to cover and replay) starts at the last shard's READY, not the first.
-#[derive(Debug, Default)]
-pub struct ShardSessions {
-    inner: Mutex<SessionsInner>,
-}
-
-#[derive(Debug, Default)]
-struct SessionsInner {
-    /// Shards the pod runs; `None` until the gateway has asked Discord how many.
-    expected: Option<u32>,
-    ready: std::collections::BTreeSet<u32>,
-}
-
-impl ShardSessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SessionsInner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The pod runs `total` shards.
-    pub fn expect(&self, total: u32) {
-        self.lock().expected = Some(total);
-    }
-
-    /// Shard `id` had a READY; true if every shard now has had one.
-    pub fn ready(&self, id: u32) -> bool {
-        let mut inner = self.lock();
-        inner.ready.insert(id);
-        inner.is_complete()
-    }
-
-    /// Every shard has had a session.
-    pub fn all_ready(&self) -> bool {
-        self.lock().is_complete()
-    }
-}
-
-impl SessionsInner {
-    fn is_complete(&self) -> bool {
-        self.expected
-            .is_some_and(|n| (0..n).all(|id| self.ready.contains(&id)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ShardSessions;
-
-    #[test]
-    fn ready_only_once_every_shard_has_a_session() {
-        let sessions = ShardSessions::default();
-        // A READY before the shard count is known cannot make the pod ready.
-        assert!(!sessions.ready(0));
-        sessions.expect(3);
-        assert!(!sessions.all_ready());
-        assert!(!sessions.ready(2));
-        // A second READY of the same shard (a re-identify) counts once.
-        assert!(!sessions.ready(2));
-        assert!(sessions.ready(1));
-        assert!(sessions.all_ready());
     }
 }

@@ -195,6 +195,10 @@ mod tests {
             receiving_since_ms: None,
             departing: Vec::new(),
             departed_empty: Vec::new(),
+            shards: Vec::new(),
+            sessions: Vec::new(),
+            gaps: Vec::new(),
+            unacknowledged: 0,
         }
     }
 

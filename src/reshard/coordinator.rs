@@ -17,7 +17,7 @@ use crate::wire::{HandoffProgress, StatusReport};
 use super::handoff::{self, Pulled};
 use super::peers::Peers;
 use super::replica::{self, ReplicaConfig, Restored};
-use super::topology::{now_ms, OwnershipView, Processing, ReplayRequest};
+use super::topology::{now_ms, OwnershipView, Processing};
 use super::Error;
 
 /// The meta key holding the topology this pod last ran under.
@@ -109,7 +109,7 @@ async fn record_processing(store: &Store, processing: &Processing) -> Result<(),
 }
 
 /// What one poll heard from each probed peer.
-type Reports = Vec<(Ordinal, Result<StatusReport, Error>)>;
+pub type Reports = Vec<(Ordinal, Result<StatusReport, Error>)>;
 
 /// One pod's coordinator.
 pub struct Coordinator {
@@ -142,6 +142,8 @@ pub struct Coordinator {
     /// Serialises changes of the topologies (a live change of the pod count, convergence), so
     /// a convergence judged under one topology never clears the history of a newer one.
     retargeting: tokio::sync::Mutex<()>,
+    /// The latest poll's reports (the gateway tier's view of its peers is built from them).
+    reports: watch::Sender<Arc<Reports>>,
 }
 
 impl Coordinator {
@@ -166,7 +168,13 @@ impl Coordinator {
             rounds: std::sync::atomic::AtomicU64::new(0),
             restore_failed: Mutex::new(BTreeMap::new()),
             departing: Mutex::new(BTreeMap::new()),
+            reports: watch::channel(Arc::new(Vec::new())).0,
         }
+    }
+
+    /// Every poll's reports, as they come (the first one after the first poll).
+    pub fn subscribe_reports(&self) -> watch::Receiver<Arc<Reports>> {
+        self.reports.subscribe()
     }
 
     /// Moves this pod to `pods` pods (the StatefulSet's replicas changed), without a restart:
@@ -225,12 +233,15 @@ impl Coordinator {
     /// would go uncovered for longer than its held events last. The handoff works from the
     /// watch's latest reports.
     pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let (reports_tx, reports_rx) = watch::channel(Arc::new(Vec::new()));
-        let handoff = tokio::spawn(self.clone().handoff_loop(reports_rx).in_current_span());
+        let handoff = tokio::spawn(
+            self.clone()
+                .handoff_loop(self.reports.subscribe())
+                .in_current_span(),
+        );
         tokio::pin!(stop);
         loop {
             let reports = self.watch_round().await;
-            reports_tx.send_replace(Arc::new(reports));
+            self.reports.send_replace(Arc::new(reports));
             tokio::select! {
                 () = &mut stop => break,
                 () = tokio::time::sleep(POLL_EVERY) => {}
@@ -281,15 +292,15 @@ impl Coordinator {
         // send time is the safe "last seen live" (a cover starting from it never starts late).
         let polled_at = now_ms();
         let reports = self.poll().await;
-        let live = |s: &StatusReport| s.ready && s.state != "stopping";
+        // Live: answering and not stopping, as the connectors route (a pod whose shards are
+        // still connecting processes what is delivered to it).
+        let live = |s: &StatusReport| s.state != "stopping";
         let in_play = self.view.ordinals_in_play();
-        let was_covering = self.view.covering();
         let covering: BTreeMap<Ordinal, u64> = {
             let mut last_live = self
                 .last_live
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = now_ms();
             let margin = COVER_MARGIN.as_millis() as u64;
             for (o, r) in &reports {
                 let Ok(s) = r else { continue };
@@ -302,18 +313,9 @@ impl Coordinator {
                 if !live(s) {
                     continue;
                 }
-                if let Some((seen_at, instance)) = last_live.insert(*o, (polled_at, s.instance)) {
-                    if instance != s.instance && o.0 < in_play && !was_covering.contains(o) {
-                        // Restarted between two polls: nobody covered it while it was away.
-                        // (A peer this pod covered while it was away missed nothing.)
-                        let back = s.receiving_since_ms.unwrap_or(now);
-                        self.view.request_replay(ReplayRequest {
-                            for_ordinal: *o,
-                            from_ms: seen_at.saturating_sub(margin),
-                            to_ms: back + margin,
-                        });
-                    }
-                }
+                // A peer that restarted between two polls missed nothing: its dispatches waited,
+                // unacknowledged, at the connectors (DESIGN §6).
+                last_live.insert(*o, (polled_at, s.instance));
             }
             reports
                 .iter()

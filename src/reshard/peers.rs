@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use crate::config::{Secret, UrlTemplate};
 use crate::ownership::{GuildId, Ordinal};
 use crate::store::{GuildExport, GuildVersion};
-use crate::wire::{HeldGuilds, StatusReport, GUILD_VERSION_HEADER};
+use crate::wire::{Delivery, DeliveryResults, HeldGuilds, Released, StatusReport, GUILD_VERSION_HEADER};
 
 use super::Error;
 
@@ -16,6 +16,12 @@ use super::Error;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// An export can be large; allow it more time.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A batch of dispatches is committed by the owner before it answers.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A release waits for the shard's dispatches in flight to be acknowledged (bounded there).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The identify queue lets one shard per bucket through every 5 s: a large bot's shards wait.
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A client for every peer's internal API.
 #[derive(Clone, Debug)]
@@ -144,6 +150,70 @@ impl Peers {
         }
     }
 
+    /// `POST /internal/v1/events`: a batch of raw Discord dispatches for the peer to process
+    /// (`body` as built by [`events_body`]); one answer per dispatch.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] when the peer is unreachable, stopping or answers anything else.
+    pub async fn deliver(&self, ordinal: Ordinal, body: String) -> Result<Vec<Delivery>, Error> {
+        let resp = self
+            .client
+            .post(self.url(ordinal, "/internal/v1/events"))
+            .bearer_auth(self.token.expose())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(DELIVERY_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Self::err(ordinal, e))?;
+        let answer: DeliveryResults = Self::ok_json(ordinal, "events", resp).await?;
+        Ok(answer.results)
+    }
+
+    /// `POST /internal/v1/shards/{id}/release`: asks the peer to close its connection of the
+    /// shard resumably and hand its session over. `Ok(None)` when the peer refused (it still
+    /// connects the shard under its view); `Ok(Some(released))` otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] when the peer is unreachable or answers anything else.
+    pub async fn release(&self, ordinal: Ordinal, shard: u32) -> Result<Option<Released>, Error> {
+        let resp = self
+            .client
+            .post(self.url(ordinal, &format!("/internal/v1/shards/{shard}/release")))
+            .bearer_auth(self.token.expose())
+            .timeout(RELEASE_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| Self::err(ordinal, e))?;
+        if resp.status() == StatusCode::CONFLICT {
+            return Ok(None);
+        }
+        Self::ok_json(ordinal, "release", resp).await.map(Some)
+    }
+
+    /// `POST /internal/v1/identify/{shard}`: waits until the peer, which keeps the cluster's
+    /// identify queue, lets the shard identify.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] when the peer is unreachable or answers anything else.
+    pub async fn identify(&self, ordinal: Ordinal, shard: u32) -> Result<(), Error> {
+        let resp = self
+            .client
+            .post(self.url(ordinal, &format!("/internal/v1/identify/{shard}")))
+            .bearer_auth(self.token.expose())
+            .timeout(IDENTIFY_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| Self::err(ordinal, e))?;
+        if !resp.status().is_success() {
+            return Err(Self::err(
+                ordinal,
+                format!("identify answered {}", resp.status()),
+            ));
+        }
+        Ok(())
+    }
+
     /// An authenticated GET of one of the peer's internal API paths.
     async fn send(
         &self,
@@ -174,4 +244,21 @@ impl Peers {
         }
         resp.json().await.map_err(|e| Self::err(ordinal, e))
     }
+}
+
+/// The body of `POST /internal/v1/events`: `{"from":N,"events":[{"shard":S,"seq":Q,"frame":F}]}`
+/// where each `F` is the dispatch exactly as Discord sent it (already JSON, so it is embedded
+/// as is, without re-encoding).
+pub fn events_body<'a>(from: Ordinal, events: impl Iterator<Item = (u32, u64, &'a str)>) -> String {
+    use std::fmt::Write as _;
+    let mut body = format!("{{\"from\":{},\"events\":[", from.0);
+    for (i, (shard, seq, frame)) in events.enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(body, "{{\"shard\":{shard},\"seq\":{seq},\"frame\":{frame}}}");
+    }
+    body.push_str("]}");
+    body
 }

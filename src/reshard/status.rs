@@ -188,6 +188,10 @@ mod tests {
             receiving_since_ms: Some(1),
             departing: Vec::new(),
             departed_empty: Vec::new(),
+            shards: Vec::new(),
+            sessions: Vec::new(),
+            gaps: Vec::new(),
+            unacknowledged: 0,
         }
     }
 

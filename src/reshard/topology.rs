@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::ownership::{owner, owner_of_event, GuildId, Ordinal, Topology};
-use crate::wire::{ProcessingWindow, ReplayedWindow};
+use crate::wire::ProcessingWindow;
 
 /// The topologies a pod processes guilds under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,20 +83,7 @@ pub struct ViewState {
 pub struct OwnershipView {
     ordinal: Ordinal,
     state: RwLock<ViewState>,
-    /// One-off replays asked for and not yet done.
-    replays: std::sync::Mutex<Vec<ReplayRequest>>,
     changes: watch::Sender<u64>,
-}
-
-/// Replay what is held of `for_ordinal`'s guilds, received between `from_ms` and `to_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReplayRequest {
-    /// The pod that missed them.
-    pub for_ordinal: Ordinal,
-    /// From (Unix ms).
-    pub from_ms: u64,
-    /// To (Unix ms).
-    pub to_ms: u64,
 }
 
 /// Now, Unix milliseconds.
@@ -117,7 +104,6 @@ impl OwnershipView {
                 receiving_since_ms: None,
                 changed_at_ms: now_ms(),
             }),
-            replays: std::sync::Mutex::new(Vec::new()),
             changes: watch::channel(0).0,
         }
     }
@@ -168,41 +154,6 @@ impl OwnershipView {
         );
         self.changes.send_modify(|generation| *generation += 1);
         true
-    }
-
-    /// Asks for a one-off replay (a peer restarted between two polls and missed what arrived
-    /// meanwhile); logged as a [`ReplayedWindow`] and announced like a change.
-    pub fn request_replay(&self, request: ReplayRequest) {
-        let state = self.snapshot();
-        let window = ReplayedWindow {
-            ordinal: self.ordinal,
-            at_ms: now_ms(),
-            current: state.processing.current,
-            history: state.processing.history.clone(),
-            for_ordinal: request.for_ordinal,
-            from_ms: request.from_ms,
-            to_ms: request.to_ms,
-            receiving_since_ms: state.receiving_since_ms,
-        };
-        self.replays
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(request);
-        info!(
-            replayed = %serde_json::to_string(&window).unwrap_or_default(),
-            "replay of a restarted peer's events"
-        );
-        self.changes.send_modify(|generation| *generation += 1);
-    }
-
-    /// The replays asked for since the last call.
-    pub fn take_replay_requests(&self) -> Vec<ReplayRequest> {
-        std::mem::take(
-            &mut *self
-                .replays
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
     }
 
     /// Records that the gateway receives events from now on (`true`: every shard has a

@@ -54,19 +54,23 @@ pub async fn dispatch(pod: &Pod, event: Event) -> Result<(), FeatureError> {
     }
 }
 
-/// Whether [`dispatch`] records anything for this event, so that a pod covering a peer that
-/// went down has reason to replay it (GUILD_CREATE/DELETE only track presence).
-pub fn replayable(event: &Event) -> bool {
-    matches!(
-        event,
-        Event::MessageCreate(_)
-            | Event::MessageUpdate(_)
-            | Event::MessageDelete(_)
-            | Event::MessageDeleteBulk(_)
-            | Event::GuildMemberAdd(_)
-            | Event::GuildMemberRemove(_)
-            | Event::GuildAuditLogEntryCreate(_)
-    )
+/// The dispatches [`dispatch`] acts on: a connector routes these to their owner and
+/// acknowledges every other kind on receipt (nothing reads them).
+pub const HANDLED: &[&str] = &[
+    "GUILD_CREATE",
+    "GUILD_DELETE",
+    "MESSAGE_CREATE",
+    "MESSAGE_UPDATE",
+    "MESSAGE_DELETE",
+    "MESSAGE_DELETE_BULK",
+    "GUILD_MEMBER_ADD",
+    "GUILD_MEMBER_REMOVE",
+    "GUILD_AUDIT_LOG_ENTRY_CREATE",
+];
+
+/// Whether [`dispatch`] acts on dispatches named `kind`.
+pub fn handles(kind: &str) -> bool {
+    HANDLED.contains(&kind)
 }
 
 /// Now, Unix milliseconds.
