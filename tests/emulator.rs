@@ -3,8 +3,9 @@
 //! RECONNECT/resume, INVALID_SESSION, zombie), Discord's shard routing, close codes, signed
 //! interactions with the 3 s deadline, nonce dedupe, rate limits, traffic determinism and the
 //! CLI. Everything binds 127.0.0.1:0 and is bounded in time. Resume, takeover and the session
-//! control API are in [`resume`].
+//! control API are in [`resume`]; the REST reads in [`rest_reads`].
 
+mod rest_reads;
 mod resume;
 
 use std::collections::{BTreeSet, HashSet};

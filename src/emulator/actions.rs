@@ -255,7 +255,7 @@ impl State {
             .guilds
             .get_mut(&guild_id)
             .ok_or(Error::UnknownGuild(guild_id))?;
-        if g.bans.contains(&user_id) {
+        if g.bans.contains_key(&user_id) {
             return Err(Error::Invalid(format!(
                 "user {user_id} is banned from guild {guild_id}"
             )));
@@ -310,7 +310,13 @@ impl State {
         changes: Option<Value>,
     ) -> u64 {
         let id = self.fresh_id();
-        let d = payload::audit_entry(id, guild_id, action_type, executor, target, reason, changes);
+        let entry = payload::audit_entry(id, action_type, executor, target, reason, changes);
+        // The gateway event is the entry plus `guild_id`; `GET …/audit-logs` shows it without.
+        let mut d = entry.clone();
+        d["guild_id"] = json!(guild_id.to_string());
+        if let Some(g) = self.guilds.get_mut(&guild_id) {
+            g.audit_log.push(entry);
+        }
         self.dispatch("GUILD_AUDIT_LOG_ENTRY_CREATE", Some(guild_id), &d);
         id
     }
@@ -347,9 +353,10 @@ impl State {
             .guilds
             .get_mut(&guild_id)
             .ok_or(Error::UnknownGuild(guild_id))?;
-        if g.owner_id == user_id || !g.bans.insert(user_id) {
+        if g.owner_id == user_id || g.bans.contains_key(&user_id) {
             return Err(Error::Invalid(format!("user {user_id} cannot be banned")));
         }
+        g.bans.insert(user_id, reason.map(str::to_owned));
         let was_member = g.members.remove(&user_id).is_some();
         self.dispatch(
             "GUILD_BAN_ADD",
@@ -384,7 +391,7 @@ impl State {
             .guilds
             .get_mut(&guild_id)
             .ok_or(Error::UnknownGuild(guild_id))?;
-        if !g.bans.remove(&user_id) {
+        if g.bans.remove(&user_id).is_none() {
             return Err(Error::Invalid(format!("user {user_id} is not banned")));
         }
         self.dispatch(

@@ -44,6 +44,12 @@
 //!   4010–4014), the session is gone. Other codes (4000–4003, 4005, 4008) keep it resumable. A
 //!   missed heartbeat closes with 4000 and keeps it too: the docs say such a client "must
 //!   resume".
+//! - **REST input.** Ids that are not snowflakes, and `limit`s outside the documented range,
+//!   get 400 (50035) instead of being clamped. `GET /guilds/{g}/members/@me` is served
+//!   (Discord documents `@me` only for PATCH). A custom emoji in a reaction is unknown (400,
+//!   10014): the emulated guilds have none. Typing and reactions dispatch no gateway events.
+//! - **Paging.** `GET …/bans?before=` returns the bans closest below `before`;
+//!   `GET …/audit-logs?after=` the entries closest above `after`, still newest first.
 
 pub mod actions;
 pub mod control;
@@ -200,6 +206,9 @@ pub enum Error {
     /// No gateway session has this shard id.
     #[error("no session for shard {0}")]
     UnknownShard(u32),
+    /// A reaction with an emoji that does not exist (or a custom emoji the bot cannot use).
+    #[error("unknown emoji")]
+    UnknownEmoji,
     /// No such interaction.
     #[error("unknown interaction {0}")]
     UnknownInteraction(u64),
@@ -228,6 +237,8 @@ impl Error {
             Error::UnknownMessage(_) => (StatusCode::NOT_FOUND, 10008),
             Error::UnknownInteraction(_) => (StatusCode::NOT_FOUND, 10062),
             Error::UnknownSession(_) | Error::UnknownShard(_) => (StatusCode::NOT_FOUND, 0),
+            // Discord answers an unusable emoji with 400, not 404.
+            Error::UnknownEmoji => (StatusCode::BAD_REQUEST, 10014),
             Error::UnknownWebhook => (StatusCode::NOT_FOUND, 10015),
             Error::AlreadyAcknowledged => (StatusCode::BAD_REQUEST, 40060),
             Error::Invalid(_) | Error::NoInteractionsUrl => (StatusCode::BAD_REQUEST, 50035),
@@ -247,6 +258,7 @@ impl IntoResponse for Error {
             Error::UnknownMessage(_) => "Unknown Message".to_owned(),
             Error::UnknownInteraction(_) => "Unknown interaction".to_owned(),
             Error::UnknownWebhook => "Unknown Webhook".to_owned(),
+            Error::UnknownEmoji => "Unknown Emoji".to_owned(),
             Error::AlreadyAcknowledged => "Interaction has already been acknowledged.".to_owned(),
             other => other.to_string(),
         };

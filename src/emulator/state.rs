@@ -6,7 +6,7 @@
 //! sequence numbers are assigned in the same order as the world changes, and a RESUME can
 //! collect the missed frames and attach its connection atomically, so no event slips between.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,11 @@ pub(crate) struct Guild {
     pub(crate) joined_at_ms: u64,
     pub(crate) channels: Vec<u64>,
     pub(crate) members: BTreeMap<u64, Member>,
-    pub(crate) bans: BTreeSet<u64>,
+    /// Banned user ids and the ban's reason (`GET /guilds/{g}/bans` shows both).
+    pub(crate) bans: BTreeMap<u64, Option<String>>,
+    /// Audit-log entries as `GET /guilds/{g}/audit-logs` shows them (no `guild_id`), oldest
+    /// first.
+    pub(crate) audit_log: Vec<Value>,
 }
 
 /// A guild text channel (type 0) or a DM channel (type 1).
@@ -278,7 +282,8 @@ impl State {
             joined_at_ms: now_ms(),
             channels: Vec::new(),
             members: BTreeMap::new(),
-            bans: BTreeSet::new(),
+            bans: BTreeMap::new(),
+            audit_log: Vec::new(),
         };
         for (i, user_id) in members
             .iter()
