@@ -2,9 +2,14 @@
 //! unmodified serenity `Client` runs against it (READY, GUILD_CREATE, messages, posting,
 //! RECONNECT/resume, INVALID_SESSION, zombie), Discord's shard routing, close codes, signed
 //! interactions with the 3 s deadline, nonce dedupe, rate limits, traffic determinism and the
-//! CLI. Everything binds 127.0.0.1:0 and is bounded in time.
+//! CLI. Everything binds 127.0.0.1:0 and is bounded in time. Resume, takeover and the session
+//! control API are in [`resume`]; the REST reads in [`rest_reads`].
+
+mod rest_reads;
+mod resume;
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +65,8 @@ type Ws =
 struct RawClient {
     frames: Arc<Mutex<Vec<Value>>>,
     close_code: Arc<Mutex<Option<u16>>>,
+    /// Set once the connection is over, however it ended (close frame, drop, error).
+    ended: Arc<AtomicBool>,
     out: tokio::sync::mpsc::UnboundedSender<String>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -80,8 +87,9 @@ async fn connect(emu: &Emulator) -> Ws {
 fn raw(ws: Ws) -> RawClient {
     let frames = Arc::new(Mutex::new(Vec::new()));
     let close_code = Arc::new(Mutex::new(None));
+    let ended = Arc::new(AtomicBool::new(false));
     let (out, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let (f, c) = (frames.clone(), close_code.clone());
+    let (f, c, e) = (frames.clone(), close_code.clone(), ended.clone());
     let task = tokio::spawn(async move {
         let (mut sink, mut stream) = ws.split();
         loop {
@@ -103,10 +111,12 @@ fn raw(ws: Ws) -> RawClient {
                 },
             }
         }
+        e.store(true, Ordering::SeqCst);
     });
     RawClient {
         frames,
         close_code,
+        ended,
         out,
         task,
     }
@@ -148,6 +158,43 @@ impl RawClient {
         self.dispatches("READY")
             .first()
             .and_then(|d| d["session_id"].as_str().map(str::to_owned))
+    }
+
+    /// RESUME with the raw token (as serenity and twilight send it).
+    fn resume(&self, token: &str, session_id: &str, seq: u64) {
+        self.send(json!({"op": 6, "d": {"token": token, "session_id": session_id, "seq": seq}}));
+    }
+
+    /// The `d` of the first op 9 INVALID_SESSION received, once one arrives.
+    async fn wait_invalid_session(&self) -> Value {
+        eventually("INVALID_SESSION", || {
+            let d = self
+                .frames()
+                .into_iter()
+                .find(|f| f["op"] == 9)
+                .map(|f| f["d"].clone());
+            async move { d }
+        })
+        .await
+    }
+
+    /// Waits for RESUMED and returns every dispatch received so far, in order.
+    async fn wait_resumed(&self) -> Vec<Value> {
+        eventually("RESUMED", || {
+            let frames = self.frames();
+            let done = frames.iter().any(|f| f["t"] == "RESUMED");
+            async move { done.then(|| frames.into_iter().filter(|f| f["op"] == 0).collect()) }
+        })
+        .await
+    }
+
+    async fn wait_ended(&self) {
+        let ended = self.ended.clone();
+        eventually("the connection to end", || {
+            let done = ended.load(Ordering::SeqCst);
+            async move { done.then_some(()) }
+        })
+        .await;
     }
 
     async fn wait_close(&self) -> u16 {

@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use super::payload::{self, now_ms};
-use super::state::{Channel, Member, Message, Outbound, State, User};
-use super::types::{ChannelInfo, GuildInfo, MessageInfo, SessionInfo, UserInfo};
+use super::state::{Channel, Member, Message, State, User};
+use super::types::{ChannelInfo, GuildInfo, MessageInfo, UserInfo};
 use super::{Emulator, Error};
 
 /// Longest message content Discord accepts.
@@ -255,7 +255,7 @@ impl State {
             .guilds
             .get_mut(&guild_id)
             .ok_or(Error::UnknownGuild(guild_id))?;
-        if g.bans.contains(&user_id) {
+        if g.bans.contains_key(&user_id) {
             return Err(Error::Invalid(format!(
                 "user {user_id} is banned from guild {guild_id}"
             )));
@@ -310,7 +310,13 @@ impl State {
         changes: Option<Value>,
     ) -> u64 {
         let id = self.fresh_id();
-        let d = payload::audit_entry(id, guild_id, action_type, executor, target, reason, changes);
+        let entry = payload::audit_entry(id, action_type, executor, target, reason, changes);
+        // The gateway event is the entry plus `guild_id`; `GET …/audit-logs` shows it without.
+        let mut d = entry.clone();
+        d["guild_id"] = json!(guild_id.to_string());
+        if let Some(g) = self.guilds.get_mut(&guild_id) {
+            g.audit_log.push(entry);
+        }
         self.dispatch("GUILD_AUDIT_LOG_ENTRY_CREATE", Some(guild_id), &d);
         id
     }
@@ -347,9 +353,10 @@ impl State {
             .guilds
             .get_mut(&guild_id)
             .ok_or(Error::UnknownGuild(guild_id))?;
-        if g.owner_id == user_id || !g.bans.insert(user_id) {
+        if g.owner_id == user_id || g.bans.contains_key(&user_id) {
             return Err(Error::Invalid(format!("user {user_id} cannot be banned")));
         }
+        g.bans.insert(user_id, reason.map(str::to_owned));
         let was_member = g.members.remove(&user_id).is_some();
         self.dispatch(
             "GUILD_BAN_ADD",
@@ -384,7 +391,7 @@ impl State {
             .guilds
             .get_mut(&guild_id)
             .ok_or(Error::UnknownGuild(guild_id))?;
-        if !g.bans.remove(&user_id) {
+        if g.bans.remove(&user_id).is_none() {
             return Err(Error::Invalid(format!("user {user_id} is not banned")));
         }
         self.dispatch(
@@ -469,20 +476,6 @@ impl State {
             },
         );
         id
-    }
-
-    fn send_to_session(&mut self, session_id: &str, msg: Outbound) -> Result<(), Error> {
-        let s = self
-            .sessions
-            .get_mut(session_id)
-            .ok_or_else(|| Error::UnknownSession(session_id.to_owned()))?;
-        let conn = s
-            .conn
-            .as_ref()
-            .ok_or_else(|| Error::Invalid(format!("session {session_id} is not connected")))?;
-        conn.tx
-            .send(msg)
-            .map_err(|_| Error::Invalid(format!("session {session_id} is closing")))
     }
 }
 
@@ -771,127 +764,6 @@ impl Emulator {
             username: username.to_owned(),
             bot: false,
         }
-    }
-
-    /// Gateway sessions (connected, and disconnected ones still resumable).
-    pub fn sessions(&self) -> Vec<SessionInfo> {
-        let st = self.lock();
-        let mut out: Vec<SessionInfo> = st
-            .sessions
-            .values()
-            .map(|s| SessionInfo {
-                session_id: s.id.clone(),
-                shard: s.shard,
-                seq: s.seq,
-                state: match (&s.conn, s.zombie) {
-                    (None, _) => "disconnected",
-                    (Some(_), true) => "zombie",
-                    (Some(_), false) => "connected",
-                }
-                .to_owned(),
-                intents: s.intents,
-                resumes: s.resumes,
-            })
-            .collect();
-        out.sort_by(|a, b| {
-            a.shard
-                .cmp(&b.shard)
-                .then_with(|| a.session_id.cmp(&b.session_id))
-        });
-        out
-    }
-
-    /// Sends op 7 RECONNECT to a session (the client should resume on a new connection).
-    ///
-    /// # Errors
-    /// Unknown or disconnected session.
-    pub fn reconnect(&self, session_id: &str) -> Result<(), Error> {
-        self.lock().send_to_session(session_id, Outbound::Reconnect)
-    }
-
-    /// Sends op 9 INVALID_SESSION; when not `resumable` the session is forgotten at once.
-    ///
-    /// # Errors
-    /// Unknown or disconnected session.
-    pub fn invalidate_session(&self, session_id: &str, resumable: bool) -> Result<(), Error> {
-        let mut st = self.lock();
-        st.send_to_session(session_id, Outbound::InvalidSession(resumable))?;
-        if !resumable {
-            st.sessions.remove(session_id);
-        }
-        Ok(())
-    }
-
-    /// Drops the session's TCP connection without a close frame (it stays resumable).
-    ///
-    /// # Errors
-    /// Unknown or disconnected session.
-    pub fn drop_connection(&self, session_id: &str) -> Result<(), Error> {
-        self.lock().send_to_session(session_id, Outbound::Drop)
-    }
-
-    /// Closes the session's connection with `code` (4000–4014 per the docs).
-    ///
-    /// # Errors
-    /// Unknown or disconnected session.
-    pub fn close_session(&self, session_id: &str, code: u16) -> Result<(), Error> {
-        self.lock().send_to_session(
-            session_id,
-            Outbound::Close(code, "closed by the emulator's control api".into()),
-        )
-    }
-
-    /// Asks the session's client for an immediate heartbeat (op 1).
-    ///
-    /// # Errors
-    /// Unknown or disconnected session.
-    pub fn request_heartbeat(&self, session_id: &str) -> Result<(), Error> {
-        self.lock()
-            .send_to_session(session_id, Outbound::RequestHeartbeat)
-    }
-
-    /// Stops acknowledging the session's heartbeats (a zombied connection) until it resumes
-    /// or re-identifies.
-    ///
-    /// # Errors
-    /// Unknown session.
-    pub fn zombie(&self, session_id: &str) -> Result<(), Error> {
-        let mut st = self.lock();
-        let s = st
-            .sessions
-            .get_mut(session_id)
-            .ok_or_else(|| Error::UnknownSession(session_id.to_owned()))?;
-        s.zombie = true;
-        Ok(())
-    }
-
-    /// Delivers the session's buffered dispatches from `from_seq` on once more, as new
-    /// dispatches with new sequence numbers. Discord's delivery is at-least-once (a client can
-    /// see an event twice, e.g. around a resume); this lets a test make that happen on demand.
-    /// READY and RESUMED are not repeated. Returns how many dispatches were sent again.
-    ///
-    /// # Errors
-    /// Unknown session.
-    pub fn redeliver(&self, session_id: &str, from_seq: u64) -> Result<usize, Error> {
-        let mut st = self.lock();
-        let session = st
-            .sessions
-            .get(session_id)
-            .ok_or_else(|| Error::UnknownSession(session_id.to_owned()))?;
-        let again: Vec<(String, Value)> = session
-            .buffer
-            .iter()
-            .filter(|(seq, _)| *seq >= from_seq)
-            .filter_map(|(_, frame)| {
-                let v: Value = serde_json::from_str(frame).ok()?;
-                let kind = v.get("t")?.as_str()?.to_owned();
-                (kind != "READY" && kind != "RESUMED").then(|| (kind, v["d"].clone()))
-            })
-            .collect();
-        for (kind, d) in &again {
-            st.dispatch_to(session_id, kind, d);
-        }
-        Ok(again.len())
     }
 
     /// Where interactions are POSTed (`None`: nowhere).

@@ -20,12 +20,18 @@
 //! | `POST /interactions/commands` ([`super::RunCommand`]), `POST /interactions/ping` | run |
 //! | `GET /interactions`, `GET /interactions/{id}`, `GET /commands` | records |
 //! | `PUT /interactions-url {url}` | [`Emulator::set_interactions_url`] |
-//! | `GET /sessions`; `POST /sessions/{s}/{reconnect,drop,zombie,heartbeat,redeliver}` | sessions |
-//! | `POST /sessions/{s}/invalidate {resumable}`, `POST /sessions/{s}/close {code}` | sessions |
+//! | `GET /sessions[?shard=N]` | [`Emulator::sessions`], optionally only shard id `N` |
+//! | `POST /sessions/{s}/{action}` → 204 | [`Emulator::session_action`] |
+//! | `POST /shards/{id}/{action}` → `{"sessions":[…]}` | [`Emulator::shard_action`] |
+//! | `GET /resume-policy`, `PUT /resume-policy {buffer_frames?,expiry_ms?}` | [`super::ResumePolicy`] |
+//!
+//! Session actions and their optional bodies: `reconnect`, `drop`, `zombie`, `heartbeat`,
+//! `expire`, `invalidate {resumable}` (default false), `close {code}` (default 4000),
+//! `redeliver {from_seq}` (default 1).
 //! | `POST /traffic` ([`super::TrafficRequest`]), `DELETE /traffic`, `GET /traffic`, `GET /traffic/log` | traffic |
 
 use axum::body::Bytes;
-use axum::extract::{Path, State as AxumState};
+use axum::extract::{Path, RawQuery, State as AxumState};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
@@ -34,16 +40,23 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::payload::now_ms;
+use super::sessions::SessionAction;
 use super::types::{
     ApplicationInfo, ChannelInfo, Counters, EmittedEvent, GuildInfo, InteractionRecord,
     MessageInfo, SessionInfo, UserInfo,
 };
-use super::{Emulator, Error, RunCommand, TrafficRequest, TrafficStatus};
+use super::{Emulator, Error, ResumePolicy, RunCommand, TrafficRequest, TrafficStatus};
 
 type Reply<T> = Result<Json<T>, Error>;
 
+/// The request's JSON body; an empty body or `null` means "no arguments", so callers of
+/// argument-less routes may send either.
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Error> {
-    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    let bytes: &[u8] = if bytes.is_empty() || bytes.trim_ascii() == b"null" {
+        b"{}"
+    } else {
+        bytes
+    };
     serde_json::from_slice(bytes)
         .map_err(|e| Error::Invalid(format!("invalid control request: {e}")))
 }
@@ -79,6 +92,8 @@ pub(crate) fn router() -> Router<Emulator> {
         .route("/commands", get(commands))
         .route("/sessions", get(sessions))
         .route("/sessions/{s}/{action}", post(session_action))
+        .route("/shards/{id}/{action}", post(shard_action))
+        .route("/resume-policy", get(resume_policy).put(set_resume_policy))
         .route(
             "/traffic",
             get(traffic_status).post(start_traffic).delete(stop_traffic),
@@ -330,15 +345,61 @@ async fn commands(AxumState(emu): AxumState<Emulator>) -> Json<Value> {
     Json(emu.commands())
 }
 
-async fn sessions(AxumState(emu): AxumState<Emulator>) -> Json<Vec<SessionInfo>> {
-    Json(emu.sessions())
+async fn sessions(
+    AxumState(emu): AxumState<Emulator>,
+    RawQuery(query): RawQuery,
+) -> Reply<Vec<SessionInfo>> {
+    let mut shard = None;
+    for (k, v) in query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        match k {
+            "shard" => {
+                shard = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| Error::Invalid(format!("shard: {v:?} is not a shard id")))?,
+                );
+            }
+            other => return Err(Error::Invalid(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    Ok(Json(match shard {
+        Some(id) => emu.sessions_of_shard(id),
+        None => emu.sessions(),
+    }))
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct SessionArgs {
     resumable: Option<bool>,
     code: Option<u16>,
     from_seq: Option<u64>,
+}
+
+/// The action named in the path, with its arguments from the body.
+fn parse_action(name: &str, b: &Bytes) -> Result<SessionAction, Error> {
+    let args: SessionArgs = body(b)?;
+    Ok(match name {
+        "reconnect" => SessionAction::Reconnect,
+        "invalidate" => SessionAction::Invalidate {
+            resumable: args.resumable.unwrap_or(false),
+        },
+        "drop" => SessionAction::Drop,
+        "zombie" => SessionAction::Zombie,
+        "heartbeat" => SessionAction::Heartbeat,
+        "close" => SessionAction::Close {
+            code: args.code.unwrap_or(4000),
+        },
+        "redeliver" => SessionAction::Redeliver {
+            from_seq: args.from_seq.unwrap_or(1),
+        },
+        "expire" => SessionAction::Expire,
+        other => return Err(Error::Invalid(format!("unknown session action {other:?}"))),
+    })
 }
 
 async fn session_action(
@@ -346,20 +407,42 @@ async fn session_action(
     Path((s, action)): Path<(String, String)>,
     b: Bytes,
 ) -> Result<StatusCode, Error> {
-    let args: SessionArgs = body(&b)?;
-    match action.as_str() {
-        "reconnect" => emu.reconnect(&s)?,
-        "invalidate" => emu.invalidate_session(&s, args.resumable.unwrap_or(false))?,
-        "drop" => emu.drop_connection(&s)?,
-        "zombie" => emu.zombie(&s)?,
-        "heartbeat" => emu.request_heartbeat(&s)?,
-        "close" => emu.close_session(&s, args.code.unwrap_or(4000))?,
-        "redeliver" => {
-            emu.redeliver(&s, args.from_seq.unwrap_or(1))?;
-        }
-        other => return Err(Error::Invalid(format!("unknown session action {other:?}"))),
-    }
+    emu.session_action(&s, &parse_action(&action, &b)?)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn shard_action(
+    AxumState(emu): AxumState<Emulator>,
+    Path((id, action)): Path<(String, String)>,
+    b: Bytes,
+) -> Reply<Value> {
+    let id: u32 = id
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{id:?} is not a shard id")))?;
+    let done = emu.shard_action(id, &parse_action(&action, &b)?)?;
+    Ok(Json(json!({ "sessions": done })))
+}
+
+async fn resume_policy(AxumState(emu): AxumState<Emulator>) -> Json<ResumePolicy> {
+    Json(emu.resume_policy())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyChange {
+    buffer_frames: Option<usize>,
+    expiry_ms: Option<u64>,
+}
+
+async fn set_resume_policy(AxumState(emu): AxumState<Emulator>, b: Bytes) -> Reply<ResumePolicy> {
+    let change: PolicyChange = body(&b)?;
+    let current = emu.resume_policy();
+    let policy = ResumePolicy {
+        buffer_frames: change.buffer_frames.unwrap_or(current.buffer_frames),
+        expiry_ms: change.expiry_ms.unwrap_or(current.expiry_ms),
+    };
+    emu.set_resume_policy(policy);
+    Ok(Json(policy))
 }
 
 async fn traffic_status(AxumState(emu): AxumState<Emulator>) -> Json<TrafficStatus> {

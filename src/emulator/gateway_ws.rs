@@ -1,9 +1,11 @@
 //! One gateway WebSocket connection, as Discord's gateway v10 runs it: HELLO on connect,
 //! HEARTBEAT → ACK (unless the session is zombied), IDENTIFY (token, intents, shard, identify
 //! budget and `max_concurrency` buckets) → READY + one GUILD_CREATE per guild of the shard,
-//! RESUME (also before HELLO) → replay of missed dispatches + RESUMED, and the documented
-//! close codes for bad input. Dispatches reach the connection through its session's channel
-//! (see [`super::state::State::dispatch`]).
+//! RESUME (also before HELLO, and on the same socket after INVALID_SESSION `d: true`) → replay
+//! of missed dispatches + RESUMED, and the documented close codes for bad input. Dispatches
+//! reach the connection through its session's channel (see
+//! [`super::state::State::dispatch`]); whether a session may be resumed is decided by
+//! [`super::resume`].
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::payload;
+use super::resume;
 use super::state::{intents, routes_to, Attachment, Outbound, Session, State};
 use super::Emulator;
 
@@ -48,8 +51,8 @@ pub(crate) async fn upgrade(
 enum End {
     /// The client closed (with this code, if any) or vanished.
     ClientGone(Option<u16>),
-    /// We closed with a close frame.
-    Closed,
+    /// We closed with a close frame carrying this code.
+    Closed(u16),
     /// We dropped the TCP connection on purpose.
     Dropped,
 }
@@ -130,7 +133,7 @@ pub(crate) async fn run_connection<S, R>(
                 () = &mut shutdown => {
                     // Resumable, as when Discord restarts a gateway node.
                     let _ = close(&mut sink, 4000, "emulator shutting down").await;
-                    break End::Closed;
+                    break End::Closed(4000);
                 }
                 frame = stream.next() => match frame {
                     None | Some(Err(_)) => break End::ClientGone(None),
@@ -140,12 +143,12 @@ pub(crate) async fn run_connection<S, R>(
                         Flow::Close(code, reason) => {
                             tracing::info!(code, reason, "closing connection");
                             let _ = close(&mut sink, code, reason).await;
-                            break End::Closed;
+                            break End::Closed(code);
                         }
                     },
                     Some(Ok(Message::Binary(_))) => {
                         let _ = close(&mut sink, 4002, "binary frames are not accepted with encoding=json").await;
-                        break End::Closed;
+                        break End::Closed(4002);
                     }
                     Some(Ok(_)) => {}
                 },
@@ -159,9 +162,10 @@ pub(crate) async fn run_connection<S, R>(
                         }
                         Outbound::InvalidSession(resumable) => {
                             conn.emu.lock().counters.invalid_sessions += 1;
-                            if !resumable {
-                                conn.session = None;
-                            }
+                            // The session was already detached (or forgotten) under the lock;
+                            // the socket is now unauthenticated and may IDENTIFY, or RESUME
+                            // when `resumable`, as on Discord.
+                            conn.session = None;
                             sink.send(Message::Text(payload::op_frame(9, json!(resumable)).into())).await
                         }
                         Outbound::RequestHeartbeat => {
@@ -170,7 +174,7 @@ pub(crate) async fn run_connection<S, R>(
                         Outbound::Drop => break End::Dropped,
                         Outbound::Close(code, reason) => {
                             let _ = close(&mut sink, code, &reason).await;
-                            break End::Closed;
+                            break End::Closed(code);
                         }
                     };
                     if sent.is_err() {
@@ -184,7 +188,7 @@ pub(crate) async fn run_connection<S, R>(
                         tracing::info!("no heartbeat in time; disconnecting (the session stays resumable)");
                         let _ = close(&mut sink, 4000, "heartbeat timed out").await;
                     }
-                    break End::Closed;
+                    break End::Closed(4000);
                 }
             }
         };
@@ -260,8 +264,22 @@ impl Conn {
                 }
                 Flow::Continue
             }
-            2 => self.identify(d, sink).await,
-            6 => self.resume(d, sink).await,
+            2 => {
+                let was_authenticated = self.session.is_some();
+                let flow = self.identify(d, sink).await;
+                if was_authenticated || self.session.is_none() {
+                    self.emu.lock().counters.identifies_refused += 1;
+                }
+                flow
+            }
+            6 => {
+                let was_authenticated = self.session.is_some();
+                let flow = self.resume(d, sink).await;
+                if was_authenticated || self.session.is_none() {
+                    self.emu.lock().counters.resumes_refused += 1;
+                }
+                flow
+            }
             3 | 4 | 8 | 31 | 43 => {
                 if self.session.is_none() {
                     Flow::Close(4003, "not authenticated")
@@ -389,6 +407,7 @@ impl Conn {
                     disconnected_at: None,
                     zombie: false,
                     resumes: 0,
+                    resumable: true,
                 },
             );
             let guild_ids: Vec<u64> = st
@@ -447,6 +466,10 @@ impl Conn {
     }
 
     /// Moves the session to this connection and queues the missed frames, then RESUMED.
+    ///
+    /// A refused RESUME forgets a disconnected session: op 9 `d: false` and 4007 both tell the
+    /// client to start a new session, so a second try must not succeed. A session that still
+    /// has a live connection is left to it.
     fn attach_resumed(
         &self,
         st: &mut State,
@@ -454,18 +477,19 @@ impl Conn {
         seq: u64,
     ) -> Result<[u32; 2], Refusal> {
         {
+            let policy = st.resume;
             let Some(session) = st.sessions.get_mut(session_id) else {
                 return Err(Refusal::Invalid("resume of an unknown or expired session"));
             };
-            if seq > session.seq {
-                return Err(Refusal::Close(4007, "invalid seq"));
-            }
-            if session
-                .buffer
-                .front()
-                .is_some_and(|(first, _)| *first > seq + 1)
-            {
-                return Err(Refusal::Invalid("missed events are no longer buffered"));
+            if let Err(refused) = resume::check(session, seq, &policy, Instant::now()) {
+                tracing::info!(%refused, seq, session_seq = session.seq, "resume refused");
+                if session.conn.is_none() {
+                    st.sessions.remove(session_id);
+                }
+                return Err(match refused.close_code() {
+                    Some(code) => Refusal::Close(code, "invalid seq"),
+                    None => Refusal::Invalid("the session cannot be resumed"),
+                });
             }
             if let Some(old) = session.conn.take() {
                 // Discord ends the old connection when its session resumes elsewhere.
@@ -495,22 +519,26 @@ impl Conn {
     }
 
     /// The connection is gone: the session stays resumable unless the client closed with
-    /// 1000/1001 (which invalidates it, as on Discord).
+    /// 1000/1001 (which invalidates it, as on Discord), we closed with a code that ends the
+    /// session (4007, 4009, the fatal ones), or it was already made unresumable.
     fn detach(&self, end: &End) {
         let Some(sid) = &self.session else { return };
         let mut st = self.emu.lock();
-        let invalidate = matches!(end, End::ClientGone(Some(1000 | 1001)));
-        let mine = st
-            .sessions
-            .get(sid)
-            .and_then(|s| s.conn.as_ref())
-            .is_some_and(|c| c.conn_id == self.id);
+        let invalidate = match end {
+            End::ClientGone(Some(1000 | 1001)) => true,
+            End::Closed(code) => resume::close_ends_session(*code),
+            End::ClientGone(_) | End::Dropped => false,
+        };
+        let Some(session) = st.sessions.get(sid) else {
+            return;
+        };
+        let mine = session.conn.as_ref().is_some_and(|c| c.conn_id == self.id);
         if !mine {
             return;
         }
-        if invalidate {
+        if invalidate || !session.resumable {
             st.sessions.remove(sid);
-            tracing::info!("client closed normally; session invalidated");
+            tracing::info!("connection ended the session; it cannot be resumed");
         } else if let Some(s) = st.sessions.get_mut(sid) {
             s.conn = None;
             s.disconnected_at = Some(Instant::now());

@@ -14,11 +14,42 @@
 //! - [`payload`]: every Discord-shaped JSON object, snowflakes and timestamps.
 //! - [`actions`]: what users do (post, edit, ban, join, DM, …), as [`Emulator`] methods.
 //! - [`gateway_ws`]: one WebSocket connection: HELLO, IDENTIFY, RESUME, heartbeats, close codes.
+//! - [`resume`]: when a session may be resumed (buffer bound, expiry, close codes that end it).
+//! - [`sessions`]: sessions seen from outside: list, reconnect, invalidate, expire, policy.
 //! - [`rest`]: `/api/v10`, with bot-token auth, Discord error bodies and rate-limit headers.
 //! - [`interactions`]: building, signing and delivering interactions; the 3 s deadline.
 //! - [`control`]: `/control/v1`, a JSON mirror of the in-process methods.
 //! - [`traffic`]: the Zipf-skewed, seeded event generator.
 //! - [`types`]: the values handed to callers.
+//!
+//! # Where Discord does not say
+//! Where the documentation leaves a behaviour open, the emulator takes the stricter reading,
+//! so that a client which works here does not lean on a leniency Discord may not have.
+//! - **Resume expiry.** "Resumable for a few minutes": three minutes by default
+//!   ([`EmulatorConfig::resume_window_ms`], [`Emulator::set_resume_policy`]), checked when the
+//!   RESUME arrives, not only by the periodic sweep.
+//! - **Resume buffer.** Discord does not say how many dispatches it keeps. At most
+//!   [`EmulatorConfig::resume_buffer_frames`] per session (default 50 000); a RESUME that would
+//!   need an older one gets INVALID_SESSION `d: false`, never a replay with a gap.
+//! - **A refused RESUME ends a disconnected session.** After op 9 `d: false` (or 4007 for a
+//!   `seq` ahead of the session) a second RESUME of the same session fails too. A session that
+//!   still has a live connection is not disturbed by a stranger's failed RESUME.
+//! - **Takeover.** A RESUME of a session that is live on another connection moves it to the new
+//!   connection; the old one is dropped at once without a close frame and gets nothing more.
+//! - **After INVALID_SESSION `d: true`** the socket is unauthenticated at once: dispatches are
+//!   buffered, not sent, until it sends RESUME (accepted on the same socket, as discord.js
+//!   does) or IDENTIFY.
+//! - **Close codes that end the session.** When the emulator closes with 4007 or 4009
+//!   (documented as "start a new session") or a code documented as not reconnectable (4004,
+//!   4010–4014), the session is gone. Other codes (4000–4003, 4005, 4008) keep it resumable. A
+//!   missed heartbeat closes with 4000 and keeps it too: the docs say such a client "must
+//!   resume".
+//! - **REST input.** Ids that are not snowflakes, and `limit`s outside the documented range,
+//!   get 400 (50035) instead of being clamped. `GET /guilds/{g}/members/@me` is served
+//!   (Discord documents `@me` only for PATCH). A custom emoji in a reaction is unknown (400,
+//!   10014): the emulated guilds have none. Typing and reactions dispatch no gateway events.
+//! - **Paging.** `GET …/bans?before=` returns the bans closest below `before`;
+//!   `GET …/audit-logs?after=` the entries closest above `after`, still newest first.
 
 pub mod actions;
 pub mod control;
@@ -26,6 +57,8 @@ pub mod gateway_ws;
 pub mod interactions;
 pub mod payload;
 pub mod rest;
+pub mod resume;
+pub mod sessions;
 pub mod state;
 pub mod traffic;
 pub mod types;
@@ -44,6 +77,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::shutdown::Shutdown;
 pub use interactions::{CommandKind, CommandOption, RunCommand, SignedInteraction};
+pub use resume::ResumePolicy;
 use state::State;
 pub use traffic::{TrafficRequest, TrafficStatus};
 pub use types::{
@@ -81,8 +115,12 @@ pub struct EmulatorConfig {
     pub identify_window_ms: u64,
     /// `session_start_limit.total` (Discord: 1000 a day).
     pub session_start_total: u32,
-    /// How long a disconnected session stays resumable.
+    /// How long a disconnected session stays resumable (Discord: "a few minutes"; default
+    /// three). Changeable at run time with [`Emulator::set_resume_policy`].
     pub resume_window_ms: u64,
+    /// At most this many dispatches are kept per session for replay on RESUME; a RESUME that
+    /// needs an older one gets INVALID_SESSION `d: false`. Changeable at run time too.
+    pub resume_buffer_frames: usize,
     /// Intents the application may use; identifying with a privileged intent outside this set
     /// closes with 4014. Default: every intent (all privileged intents enabled).
     pub allowed_intents: u64,
@@ -105,7 +143,8 @@ impl Default for EmulatorConfig {
             rest_rate_limit: None,
             identify_window_ms: 5_000,
             session_start_total: 1_000,
-            resume_window_ms: 60_000,
+            resume_window_ms: resume::DEFAULT_EXPIRY_MS,
+            resume_buffer_frames: resume::DEFAULT_BUFFER_FRAMES,
             allowed_intents: state::intents::ALL,
             interaction_deadline_ms: 3_000,
         }
@@ -125,6 +164,8 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("token", &"<redacted>")
             .field("interactions_url", &self.interactions_url)
             .field("rest_rate_limit", &self.rest_rate_limit)
+            .field("resume_window_ms", &self.resume_window_ms)
+            .field("resume_buffer_frames", &self.resume_buffer_frames)
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +203,12 @@ pub enum Error {
     /// No such gateway session (or it expired).
     #[error("unknown session {0}")]
     UnknownSession(String),
+    /// No gateway session has this shard id.
+    #[error("no session for shard {0}")]
+    UnknownShard(u32),
+    /// A reaction with an emoji that does not exist (or a custom emoji the bot cannot use).
+    #[error("unknown emoji")]
+    UnknownEmoji,
     /// No such interaction.
     #[error("unknown interaction {0}")]
     UnknownInteraction(u64),
@@ -189,7 +236,9 @@ impl Error {
             Error::UnknownMember { .. } => (StatusCode::NOT_FOUND, 10007),
             Error::UnknownMessage(_) => (StatusCode::NOT_FOUND, 10008),
             Error::UnknownInteraction(_) => (StatusCode::NOT_FOUND, 10062),
-            Error::UnknownSession(_) => (StatusCode::NOT_FOUND, 0),
+            Error::UnknownSession(_) | Error::UnknownShard(_) => (StatusCode::NOT_FOUND, 0),
+            // Discord answers an unusable emoji with 400, not 404.
+            Error::UnknownEmoji => (StatusCode::BAD_REQUEST, 10014),
             Error::UnknownWebhook => (StatusCode::NOT_FOUND, 10015),
             Error::AlreadyAcknowledged => (StatusCode::BAD_REQUEST, 40060),
             Error::Invalid(_) | Error::NoInteractionsUrl => (StatusCode::BAD_REQUEST, 50035),
@@ -209,12 +258,16 @@ impl IntoResponse for Error {
             Error::UnknownMessage(_) => "Unknown Message".to_owned(),
             Error::UnknownInteraction(_) => "Unknown interaction".to_owned(),
             Error::UnknownWebhook => "Unknown Webhook".to_owned(),
+            Error::UnknownEmoji => "Unknown Emoji".to_owned(),
             Error::AlreadyAcknowledged => "Interaction has already been acknowledged.".to_owned(),
             other => other.to_string(),
         };
         (status, Json(payload::error_body(code, &message))).into_response()
     }
 }
+
+/// How often expired sessions, tokens and nonces are forgotten.
+const REAP_INTERVAL_MS: u64 = 250;
 
 /// The shared core behind every [`Emulator`] clone.
 pub(crate) struct Shared {
@@ -266,14 +319,16 @@ pub async fn start(
         }
     });
     let reaper = emulator.clone();
-    let window = Duration::from_millis(emulator.shared.cfg.resume_window_ms);
     shutdown.tracker().spawn(async move {
         let stop = reaper.shared.shutdown.cancelled();
         tokio::pin!(stop);
         loop {
+            // The expiry is read on every pass, so a policy changed at run time applies to
+            // sessions that are already disconnected. RESUME checks it too, so this tick only
+            // bounds memory and what `GET /sessions` lists.
             tokio::select! {
                 () = &mut stop => break,
-                () = tokio::time::sleep(Duration::from_secs(1)) => reaper.lock().reap(window),
+                () = tokio::time::sleep(Duration::from_millis(REAP_INTERVAL_MS)) => reaper.lock().reap(),
             }
         }
     });

@@ -163,30 +163,49 @@ pub(crate) fn member_permissions(g: &Guild, user_id: u64) -> u64 {
     }
 }
 
-/// The GUILD_CREATE payload: the guild object (all fields serenity requires) plus the
-/// GUILD_CREATE extras. `members` is the member list to include (Discord sends only some
-/// members for large guilds or without the GUILD_MEMBERS intent).
+/// The guild object, as `GET /guilds/{g}` returns it (and the base of GUILD_CREATE).
+/// `system_channel` is the guild's first text channel.
+pub(crate) fn guild(g: &Guild, system_channel: Option<u64>) -> Value {
+    // Two halves: one json! literal this long exceeds serde_json's macro recursion limit.
+    let mut v = json!({
+        "id": g.id.to_string(), "name": g.name, "icon": null, "icon_hash": null, "splash": null,
+        "discovery_splash": null, "owner_id": g.owner_id.to_string(), "afk_channel_id": null,
+        "afk_timeout": 300, "widget_enabled": false, "widget_channel_id": null,
+        "verification_level": 0, "default_message_notifications": 0,
+        "explicit_content_filter": 0, "roles": roles(g), "emojis": [], "features": [],
+        "mfa_level": 0, "application_id": null,
+        "system_channel_id": system_channel.map(|c| c.to_string()), "system_channel_flags": 0,
+        "rules_channel_id": null, "max_presences": null, "max_members": 500_000,
+        "vanity_url_code": null,
+    });
+    let rest = json!({
+        "description": null, "banner": null, "premium_tier": 0, "premium_subscription_count": 0,
+        "preferred_locale": "en-US", "public_updates_channel_id": null, "nsfw_level": 0,
+        "premium_progress_bar_enabled": false, "safety_alerts_channel_id": null,
+        "incidents_data": null, "stickers": [], "max_video_channel_users": 25,
+        "max_stage_video_channel_users": 50,
+    });
+    extend(&mut v, rest);
+    v
+}
+
+fn extend(base: &mut Value, extra: Value) {
+    if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
+        base.extend(extra);
+    }
+}
+
+/// The GUILD_CREATE payload: the guild object plus the GUILD_CREATE extras. `members` is the
+/// member list to include (Discord sends only some members for large guilds or without the
+/// GUILD_MEMBERS intent).
 pub(crate) fn guild_create(
     g: &Guild,
     channels: &[&Channel],
     members: &[(&Member, &User)],
     large: bool,
 ) -> Value {
-    // Two halves: one json! literal this long exceeds serde_json's macro recursion limit.
-    let mut v = json!({
-        "id": g.id.to_string(), "name": g.name, "icon": null, "icon_hash": null, "splash": null,
-        "discovery_splash": null, "owner_id": g.owner_id.to_string(), "afk_channel_id": null,
-        "afk_timeout": 300, "widget_enabled": false, "verification_level": 0,
-        "default_message_notifications": 0, "explicit_content_filter": 0, "roles": roles(g),
-        "emojis": [], "features": [], "mfa_level": 0, "application_id": null,
-        "system_channel_id": channels.first().map(|c| c.id.to_string()), "system_channel_flags": 0,
-        "rules_channel_id": null, "max_members": 500_000, "vanity_url_code": null,
-    });
+    let mut v = guild(g, channels.first().map(|c| c.id));
     let extra = json!({
-        "description": null, "banner": null, "premium_tier": 0, "premium_subscription_count": 0,
-        "preferred_locale": "en-US", "public_updates_channel_id": null, "nsfw_level": 0,
-        "premium_progress_bar_enabled": false, "safety_alerts_channel_id": null,
-        "incidents_data": null, "stickers": [], "max_video_channel_users": 25,
         "joined_at": iso8601(g.joined_at_ms), "large": large, "unavailable": false,
         "member_count": g.members.len(), "voice_states": [],
         "members": members.iter().map(|(m, u)| member(m, u, true)).collect::<Vec<_>>(),
@@ -199,10 +218,13 @@ pub(crate) fn guild_create(
         "threads": [], "presences": [], "stage_instances": [], "guild_scheduled_events": [],
         "soundboard_sounds": [],
     });
-    if let (Some(base), Value::Object(extra)) = (v.as_object_mut(), extra) {
-        base.extend(extra);
-    }
+    extend(&mut v, extra);
     v
+}
+
+/// A ban object (`GET /guilds/{g}/bans`).
+pub(crate) fn ban(u: &User, reason: Option<&str>) -> Value {
+    json!({"reason": reason, "user": user(u)})
 }
 
 /// A message object. `author_member` is the author's guild membership (absent in DMs and for
@@ -287,10 +309,10 @@ pub(crate) fn message_delete_bulk(ids: &[u64], channel_id: u64, guild_id: Option
     v
 }
 
-/// GUILD_AUDIT_LOG_ENTRY_CREATE: `action_type` 22 ban, 23 unban, 24 member update (timeout).
+/// An audit-log entry: `action_type` 22 ban, 23 unban, 24 member update (timeout). The
+/// GUILD_AUDIT_LOG_ENTRY_CREATE event adds `guild_id`.
 pub(crate) fn audit_entry(
     id: u64,
-    guild_id: u64,
     action_type: u8,
     executor: u64,
     target: u64,
@@ -298,7 +320,7 @@ pub(crate) fn audit_entry(
     changes: Option<Value>,
 ) -> Value {
     let mut v = json!({
-        "id": id.to_string(), "guild_id": guild_id.to_string(), "action_type": action_type,
+        "id": id.to_string(), "action_type": action_type,
         "user_id": executor.to_string(), "target_id": target.to_string(), "reason": reason,
     });
     if let Some(changes) = changes {

@@ -4,8 +4,13 @@
 //! interaction token in the path, as on Discord. Every bot response carries `X-RateLimit-*`
 //! headers; when a global budget is configured, going over it gives 429 with `retry_after`.
 //! Query strings in serenity's `?&k=v` form are accepted.
+//!
+//! The guild reads live in [`guilds`]; the rest of the bot routes are here.
+
+mod guilds;
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -13,7 +18,7 @@ use axum::extract::{Path, RawQuery, Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -46,9 +51,22 @@ pub(crate) fn router(emu: Emulator) -> Router<Emulator> {
     let bot = Router::new()
         .route("/gateway/bot", get(gateway_bot))
         .route("/users/@me", get(current_user))
+        .route("/users/{user}", get(get_user))
         .route("/oauth2/applications/@me", get(current_application))
+        .route("/applications/@me", get(current_application))
         .route("/users/@me/channels", post(create_dm))
+        .route("/guilds/{guild}", get(guilds::guild))
+        .route("/guilds/{guild}/members/{user}", get(guilds::member))
+        .route("/guilds/{guild}/channels", get(guilds::channels))
+        .route("/guilds/{guild}/roles", get(guilds::roles))
+        .route("/guilds/{guild}/bans", get(guilds::bans))
+        .route("/guilds/{guild}/audit-logs", get(guilds::audit_log))
         .route("/channels/{channel}", get(get_channel))
+        .route("/channels/{channel}/typing", post(typing))
+        .route(
+            "/channels/{channel}/messages/{message}/reactions/{emoji}/@me",
+            put(react),
+        )
         .route(
             "/channels/{channel}/messages",
             get(list_messages).post(create_message),
@@ -194,6 +212,32 @@ fn query_map(raw: Option<String>) -> HashMap<String, String> {
         .collect()
 }
 
+/// A snowflake from a path or query; Discord answers anything else with 400 (50035).
+fn snowflake(raw: &str) -> Result<u64, Error> {
+    raw.parse()
+        .map_err(|_| Error::Invalid(format!("value {raw:?} is not snowflake")))
+}
+
+/// The integer query parameter `key`, if present; outside `range` (or not a number) it is a
+/// 400, as on Discord, rather than silently clamped.
+fn query_number(
+    q: &HashMap<String, String>,
+    key: &str,
+    range: RangeInclusive<u64>,
+) -> Result<Option<u64>, Error> {
+    let Some(raw) = q.get(key) else {
+        return Ok(None);
+    };
+    match raw.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(Error::Invalid(format!(
+            "{key}: {raw:?} is not an integer in {}..={}",
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
 fn parse_json(body: &Bytes) -> Result<Value, Error> {
     serde_json::from_slice(body).map_err(|e| Error::Invalid(format!("invalid form body: {e}")))
 }
@@ -235,17 +279,45 @@ async fn current_user(AxumState(emu): AxumState<Emulator>) -> Json<Value> {
     Json(u)
 }
 
+/// `GET /users/{u}`: any user the emulator knows.
+async fn get_user(
+    AxumState(emu): AxumState<Emulator>,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let id = snowflake(&user)?;
+    let st = emu.lock();
+    let u = st.users.get(&id).ok_or(Error::UnknownUser(id))?;
+    let mut v = payload::user(u);
+    v["banner"] = Value::Null;
+    v["accent_color"] = Value::Null;
+    v["avatar_decoration_data"] = Value::Null;
+    Ok(Json(v))
+}
+
+/// `GET /applications/@me` and `GET /oauth2/applications/@me`: Discord documents both as
+/// returning the application object, so they share one body.
 async fn current_application(AxumState(emu): AxumState<Emulator>) -> Json<Value> {
     let info = emu.application();
     let st = emu.lock();
-    Json(json!({
+    // Two halves: one json! literal this long exceeds serde_json's macro recursion limit.
+    let mut v = json!({
         "id": info.id.to_string(), "name": st.bot.username, "icon": null, "description": "",
         "summary": "", "bot_public": true, "bot_require_code_grant": false,
         "verify_key": info.public_key_hex, "flags": 0, "team": null,
         "owner": {"id": (info.id + 1).to_string(), "username": "emulator-owner", "discriminator": "0", "global_name": null, "avatar": null},
         "bot": payload::user(&st.bot),
+    });
+    let rest = json!({
         "interactions_endpoint_url": st.interactions_url,
-    }))
+        "approximate_guild_count": st.guilds.len(),
+        "redirect_uris": [],
+        "role_connections_verification_url": null,
+        "tags": [],
+    });
+    if let (Some(base), Value::Object(rest)) = (v.as_object_mut(), rest) {
+        base.extend(rest);
+    }
+    Json(v)
 }
 
 async fn create_dm(AxumState(emu): AxumState<Emulator>, body: Bytes) -> Result<Json<Value>, Error> {
@@ -274,6 +346,46 @@ async fn get_channel(
         .ok_or(Error::UnknownChannel(channel))?;
     let recipient = c.recipient.and_then(|u| st.users.get(&u));
     Ok(Json(payload::channel(c, recipient)))
+}
+
+/// `POST /channels/{c}/typing`: 204 for any channel the bot can see. No TYPING_START is
+/// dispatched (nothing in this project listens for it).
+async fn typing(
+    AxumState(emu): AxumState<Emulator>,
+    Path(channel): Path<String>,
+) -> Result<StatusCode, Error> {
+    let id = snowflake(&channel)?;
+    if !emu.lock().channels.contains_key(&id) {
+        return Err(Error::UnknownChannel(id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /channels/{c}/messages/{m}/reactions/{emoji}/@me`: 204. The emoji arrives
+/// percent-decoded; a custom `name:id` emoji is unknown (the emulated guilds have none), and a
+/// Unicode one must contain something beyond ASCII.
+async fn react(
+    AxumState(emu): AxumState<Emulator>,
+    Path((channel, message, emoji)): Path<(String, String, String)>,
+) -> Result<StatusCode, Error> {
+    let (channel, message) = (snowflake(&channel)?, snowflake(&message)?);
+    {
+        let st = emu.lock();
+        if !st.channels.contains_key(&channel) {
+            return Err(Error::UnknownChannel(channel));
+        }
+        if st
+            .messages
+            .get(&message)
+            .is_none_or(|m| m.channel_id != channel)
+        {
+            return Err(Error::UnknownMessage(message));
+        }
+    }
+    if emoji.contains(':') || emoji.is_ascii() {
+        return Err(Error::UnknownEmoji);
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_messages(

@@ -6,7 +6,7 @@
 //! sequence numbers are assigned in the same order as the world changes, and a RESUME can
 //! collect the missed frames and attach its connection atomically, so no event slips between.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::interactions::InteractionEntry;
 use super::payload::{self, now_ms, snowflake};
+use super::resume::ResumePolicy;
 use super::types::{Counters, EmittedEvent};
 use super::EmulatorConfig;
 
@@ -50,7 +51,11 @@ pub(crate) struct Guild {
     pub(crate) joined_at_ms: u64,
     pub(crate) channels: Vec<u64>,
     pub(crate) members: BTreeMap<u64, Member>,
-    pub(crate) bans: BTreeSet<u64>,
+    /// Banned user ids and the ban's reason (`GET /guilds/{g}/bans` shows both).
+    pub(crate) bans: BTreeMap<u64, Option<String>>,
+    /// Audit-log entries as `GET /guilds/{g}/audit-logs` shows them (no `guild_id`), oldest
+    /// first.
+    pub(crate) audit_log: Vec<Value>,
 }
 
 /// A guild text channel (type 0) or a DM channel (type 1).
@@ -119,6 +124,9 @@ pub(crate) struct Session {
     pub(crate) disconnected_at: Option<Instant>,
     pub(crate) zombie: bool,
     pub(crate) resumes: u32,
+    /// False once the session was ended on purpose while its connection lives on (the control
+    /// API's `expire`): the connection keeps working, but no RESUME will succeed.
+    pub(crate) resumable: bool,
 }
 
 /// The identify budget reported by `GET /gateway/bot` and enforced on IDENTIFY.
@@ -145,9 +153,6 @@ pub(crate) mod intents {
     pub(crate) const ALL: u64 = 0x1_FFFF | (1 << 20) | (1 << 21) | (1 << 24) | (1 << 25);
 }
 
-/// How many frames a session keeps for replay on RESUME.
-const RESUME_BUFFER_FRAMES: usize = 50_000;
-
 /// Everything the emulator knows, behind one lock (see the module doc).
 #[derive(Debug)]
 pub(crate) struct State {
@@ -167,6 +172,8 @@ pub(crate) struct State {
     pub(crate) interactions_url: Option<String>,
     pub(crate) sessions: HashMap<String, Session>,
     pub(crate) budget: IdentifyBudget,
+    /// The resume buffer bound and expiry in force (changeable at run time).
+    pub(crate) resume: ResumePolicy,
     pub(crate) counters: Counters,
     pub(crate) traffic_log: Vec<EmittedEvent>,
     last_id: u64,
@@ -217,6 +224,10 @@ impl State {
                 remaining: cfg.session_start_total,
                 reset_at: Instant::now() + Duration::from_secs(24 * 3600),
                 last_by_bucket: HashMap::new(),
+            },
+            resume: ResumePolicy {
+                buffer_frames: cfg.resume_buffer_frames,
+                expiry_ms: cfg.resume_window_ms,
             },
             counters: Counters::default(),
             traffic_log: Vec::new(),
@@ -271,7 +282,8 @@ impl State {
             joined_at_ms: now_ms(),
             channels: Vec::new(),
             members: BTreeMap::new(),
-            bans: BTreeSet::new(),
+            bans: BTreeMap::new(),
+            audit_log: Vec::new(),
         };
         for (i, user_id) in members
             .iter()
@@ -336,6 +348,7 @@ impl State {
         let mut gated: Option<String> = None;
         let needs_gate = needs_content_gate(event, guild_id, d, self.bot.id);
         let mut delivered = 0;
+        let limit = self.resume.buffer_frames;
         for session in self.sessions.values_mut() {
             if !routes_to(session.shard, guild_id)
                 || !intent_allows(session.intents, event, guild_id)
@@ -349,7 +362,7 @@ impl State {
             } else {
                 full.as_str()
             };
-            push_frame(session, event, body);
+            push_frame(session, event, body, limit);
             delivered += 1;
         }
         self.counters.events_dispatched += delivered as u64;
@@ -358,17 +371,22 @@ impl State {
 
     /// Sends `event` to one session only (READY, GUILD_CREATE after identify, RESUMED).
     pub(crate) fn dispatch_to(&mut self, session_id: &str, event: &str, d: &Value) {
+        let limit = self.resume.buffer_frames;
         if let Some(session) = self.sessions.get_mut(session_id) {
-            push_frame(session, event, &d.to_string());
+            push_frame(session, event, &d.to_string(), limit);
             self.counters.events_dispatched += 1;
         }
     }
 
-    /// Forgets disconnected sessions older than `window`, interaction tokens older than 15
-    /// minutes and nonces older than 10 minutes.
-    pub(crate) fn reap(&mut self, window: Duration) {
-        self.sessions
-            .retain(|_, s| s.disconnected_at.is_none_or(|at| at.elapsed() < window));
+    /// Forgets sessions disconnected longer than the resume expiry (and disconnected ones that
+    /// can no longer be resumed), interaction tokens older than 15 minutes and nonces older
+    /// than 10 minutes.
+    pub(crate) fn reap(&mut self) {
+        let (policy, now) = (self.resume, Instant::now());
+        self.sessions.retain(|_, s| {
+            s.disconnected_at
+                .is_none_or(|at| s.resumable && !policy.expired(at, now))
+        });
         self.interaction_tokens
             .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(15 * 60));
         self.nonces
@@ -376,16 +394,26 @@ impl State {
     }
 }
 
-fn push_frame(session: &mut Session, event: &str, body: &str) {
+/// Numbers the dispatch, keeps it for replay (at most `limit` per session) and sends it to
+/// the session's connection, if any.
+fn push_frame(session: &mut Session, event: &str, body: &str, limit: usize) {
     session.seq += 1;
     let frame: Arc<str> = payload::dispatch_frame(session.seq, event, body).into();
-    session.buffer.push_back((session.seq, frame.clone()));
-    if session.buffer.len() > RESUME_BUFFER_FRAMES {
-        session.buffer.pop_front();
+    // A session that can no longer be resumed has no use for a replay buffer.
+    if session.resumable {
+        session.buffer.push_back((session.seq, frame.clone()));
+        trim_buffer(session, limit);
     }
     if let Some(conn) = &session.conn {
         // A closed receiver means the connection is going away; the frame stays buffered.
         let _ = conn.tx.send(Outbound::Frame(frame));
+    }
+}
+
+/// Drops the oldest buffered dispatches until at most `limit` remain.
+pub(crate) fn trim_buffer(session: &mut Session, limit: usize) {
+    while session.buffer.len() > limit {
+        session.buffer.pop_front();
     }
 }
 

@@ -104,7 +104,7 @@ impl Generator {
                     .copied()
                     .filter(|u| *u != bot && *u != g.owner_id)
                     .collect(),
-                banned: g.bans.iter().copied().collect(),
+                banned: g.bans.keys().copied().collect(),
                 recent: vec![VecDeque::new(); g.channels.len()],
             })
             .collect();

@@ -100,6 +100,10 @@ pub struct SessionInfo {
     pub intents: u64,
     /// How many times it was resumed.
     pub resumes: u32,
+    /// Whether a RESUME could still succeed (false after the control API expired it).
+    pub resumable: bool,
+    /// Dispatches kept for replay (at most the resume policy's `buffer_frames`).
+    pub buffered: usize,
 }
 
 /// Counters since start.
@@ -109,8 +113,14 @@ pub struct Counters {
     pub connections: u64,
     /// Successful IDENTIFYs (sessions started).
     pub identifies: u64,
+    /// IDENTIFYs that started no session: over the identify rate or daily budget (op 9), or
+    /// closed (bad token, intents, shard, a second IDENTIFY on an authenticated socket).
+    pub identifies_refused: u64,
     /// Successful RESUMEs.
     pub resumes: u64,
+    /// RESUMEs that resumed nothing: unknown, expired or ended session, missed dispatches no
+    /// longer buffered (op 9 `d: false`), or closed (bad token, invalid seq).
+    pub resumes_refused: u64,
     /// Dispatch frames queued for sessions (one event to three sessions counts three).
     pub events_dispatched: u64,
     /// INVALID_SESSION frames sent.
