@@ -1180,8 +1180,8 @@ fn alert_rules_use_only_metrics_that_exist() {
     }
     // What the alerts must cover.
     for needed in [
-        "guildshard_gateway_covers_late_total",
-        "guildshard_gateway_events_hold_overflow_total",
+        "guildshard_gateway_session_gaps_total",
+        "guildshard_gateway_delivery_queue_full_total",
         "kube_pod_status_ready",
         "litestream_wal_size",
         "litestream_txid",

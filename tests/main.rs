@@ -16,4 +16,5 @@ mod litestream;
 mod live_topology;
 mod ownership;
 mod reshard;
+mod sessions;
 mod store;

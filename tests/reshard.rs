@@ -64,7 +64,6 @@ fn placement(
     Ok(())
 }
 
-
 /// Runs `from` pods, rescales to `to` with traffic flowing, and checks the final placement.
 /// How the pods' shards start.
 #[derive(Clone, Copy)]

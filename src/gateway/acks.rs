@@ -39,7 +39,8 @@ impl AckTicket {
 
 fn lock(acks: &SharedAcks) -> std::sync::MutexGuard<'_, ShardAcks> {
     // Every mutation below leaves the state consistent; a panic elsewhere does not poison it.
-    acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    acks.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ShardAcks {

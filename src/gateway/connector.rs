@@ -216,21 +216,22 @@ impl Connectors {
     /// Takes `shard` over: asks the peers to release it, then resumes the newest session known
     /// (or identifies when there is none).
     async fn take(self: Arc<Self>, shard: u32, reachable: Vec<Ordinal>) {
-        let answers = futures::future::join_all(
-            reachable
-                .iter()
-                .map(|p| {
-                    let this = &self;
-                    async move { (*p, this.pod.peers.release(*p, shard).await) }
-                }),
-        )
+        let answers = futures::future::join_all(reachable.iter().map(|p| {
+            let this = &self;
+            async move { (*p, this.pod.peers.release(*p, shard).await) }
+        }))
         .await;
         let mut refused = None;
         for (peer, answer) in answers {
             match answer {
                 Ok(None) => refused = Some(peer),
                 Ok(Some(Released { session: Some(r) })) => {
-                    info!(shard, from = peer.0, acked_seq = r.acked_seq, "shard released by a peer");
+                    info!(
+                        shard,
+                        from = peer.0,
+                        acked_seq = r.acked_seq,
+                        "shard released by a peer"
+                    );
                     self.pod.book.learn(r);
                 }
                 Ok(Some(Released { session: None })) => {}
@@ -239,7 +240,11 @@ impl Connectors {
             }
         }
         if let Some(peer) = refused {
-            debug!(shard, peer = peer.0, "a peer still connects this shard; asking again later");
+            debug!(
+                shard,
+                peer = peer.0,
+                "a peer still connects this shard; asking again later"
+            );
             lock(&self.taking).remove(&shard);
             return;
         }
@@ -255,9 +260,11 @@ impl Connectors {
     fn start(self: &Arc<Self>, shard: u32, from: Option<ShardSession>) {
         let epoch = self.pod.book.get(shard).map_or(0, |r| r.epoch) + 1;
         let acks = SharedAcks::default();
-        ShardAcks::write(&acks, |a| a.restart(from.as_ref().map_or(0, |f| f.acked_seq)));
-        let mut builder = ConfigBuilder::new(self.cfg.token.clone(), self.cfg.intents)
-            .queue(self.queue.clone());
+        ShardAcks::write(&acks, |a| {
+            a.restart(from.as_ref().map_or(0, |f| f.acked_seq))
+        });
+        let mut builder =
+            ConfigBuilder::new(self.cfg.token.clone(), self.cfg.intents).queue(self.queue.clone());
         if let Some(url) = &self.cfg.gateway_url {
             builder = builder.proxy_url(url.clone());
         }
@@ -267,7 +274,10 @@ impl Connectors {
                 .resume_url(f.resume_url.clone());
             info!(shard, session = %f.session_id, from_seq = f.acked_seq, "resuming the shard's session");
         } else {
-            info!(shard, "no resumable session known: identifying through the cluster's queue");
+            info!(
+                shard,
+                "no resumable session known: identifying through the cluster's queue"
+            );
         }
         let connection = Shard::with_config(ShardId::new(shard, self.cfg.total), builder.build());
         let state = Arc::new(Mutex::new(Connection {
@@ -339,10 +349,11 @@ impl Connectors {
     /// Closes every shard this pod still runs (shutdown), resumably; their sessions stay in
     /// the book for whoever takes them.
     pub async fn close_all(&self) {
-        let all: Vec<(u32, mpsc::Sender<oneshot::Sender<Option<ShardSession>>>)> = lock(&self.running)
-            .iter()
-            .map(|(s, r)| (*s, r.release.clone()))
-            .collect();
+        let all: Vec<(u32, mpsc::Sender<oneshot::Sender<Option<ShardSession>>>)> =
+            lock(&self.running)
+                .iter()
+                .map(|(s, r)| (*s, r.release.clone()))
+                .collect();
         futures::future::join_all(all.into_iter().map(|(s, r)| self.close(s, r))).await;
     }
 

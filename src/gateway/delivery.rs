@@ -171,7 +171,11 @@ async fn send_loop(
         };
         if last_destination != Some(target) {
             if last_destination.is_some() {
-                info!(owner = owner.0, to = target.0, "dispatches of this owner's guilds go elsewhere now");
+                info!(
+                    owner = owner.0,
+                    to = target.0,
+                    "dispatches of this owner's guilds go elsewhere now"
+                );
             }
             last_destination = Some(target);
         }
@@ -196,7 +200,12 @@ async fn send_loop(
                 }
             }
             Ok(answers) => {
-                warn!(to = target.0, sent = batch.len(), answered = answers.len(), "a delivery was answered for a different number of dispatches; sending again");
+                warn!(
+                    to = target.0,
+                    sent = batch.len(),
+                    answered = answers.len(),
+                    "a delivery was answered for a different number of dispatches; sending again"
+                );
                 tokio::time::sleep(backoff).await;
             }
             Err(cause) => {
@@ -219,7 +228,9 @@ fn settle(queue: &OwnerQueue, answers: &[Delivery]) -> usize {
     let mut kept = VecDeque::new();
     let mut done = 0;
     for answer in answers {
-        let Some(out) = waiting.pop_front() else { break };
+        let Some(out) = waiting.pop_front() else {
+            break;
+        };
         match answer {
             Delivery::Done => {
                 out.ticket.ack();

@@ -70,7 +70,11 @@ impl IdentifyGate {
         let at = next
             .unwrap_or(opened + IDENTIFY_WINDOW + MARGIN)
             .max(Instant::now());
-        debug!(shard, wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64, "identify queued");
+        debug!(
+            shard,
+            wait_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64,
+            "identify queued"
+        );
         tokio::time::sleep_until(at).await;
         *next = Some(Instant::now() + IDENTIFY_WINDOW + MARGIN);
     }

@@ -46,12 +46,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::config::GatewayConfig;
-use crate::gateway::features::now_ms;
-use crate::gateway::metrics::Metrics;
 use crate::gateway::connector::{Connectors, ShardsConfig};
 use crate::gateway::delivery::Router;
+use crate::gateway::features::now_ms;
 use crate::gateway::identify_queue::{ClusterQueue, IdentifyGate};
 use crate::gateway::members::Members;
+use crate::gateway::metrics::Metrics;
 use crate::gateway::pod::Pod;
 use crate::gateway::session_book::{SessionBook, META_SESSIONS};
 use crate::listener::Limits;
@@ -217,7 +217,10 @@ async fn run_pod(
     });
     if let Some(saved) = store.meta(META_SESSIONS).await? {
         let n = pod.book.learn_saved(&saved);
-        info!(sessions = n, "shard sessions saved when this pod last stopped");
+        info!(
+            sessions = n,
+            "shard sessions saved when this pod last stopped"
+        );
     }
     let connectors = Arc::new(Connectors::new(
         pod.clone(),
@@ -260,7 +263,8 @@ async fn run_pod(
             .run(background.cancelled())
             .instrument(tracing::info_span!("reshard")),
     );
-    let membership = tokio::spawn(follow_members(pod.clone(), background.cancelled()).in_current_span());
+    let membership =
+        tokio::spawn(follow_members(pod.clone(), background.cancelled()).in_current_span());
     let shards = Shutdown::new();
     let connecting = tokio::spawn(connectors.clone().run(shards.cancelled()).in_current_span());
     let source = count.source.clone();
@@ -325,6 +329,17 @@ async fn follow_members(pod: Arc<Pod>, stop: impl std::future::Future<Output = (
             changed = reports.changed() => if changed.is_err() { return },
         }
         let latest = reports.borrow_and_update().clone();
+        // Sessions peers published survive them: a pod that takes a dead peer's shard over
+        // resumes the newest one.
+        for (_, report) in latest.iter() {
+            if let Ok(report) = report {
+                report
+                    .sessions
+                    .iter()
+                    .cloned()
+                    .for_each(|r| pod.book.learn(r));
+            }
+        }
         let view = members::from_poll(
             pod.ordinal(),
             !pod.stopping.load(Ordering::Relaxed),

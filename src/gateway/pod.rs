@@ -79,7 +79,8 @@ impl Pod {
     /// Ready to serve: every shard the map gives this pod is connected (migrations ran before
     /// the pod was built), and it is not stopping.
     pub fn is_ready(&self) -> bool {
-        self.connectors.get().is_some_and(|c| c.is_ready()) && !self.stopping.load(Ordering::Relaxed)
+        self.connectors.get().is_some_and(|c| c.is_ready())
+            && !self.stopping.load(Ordering::Relaxed)
     }
 
     /// Remembers an error for the status report.

@@ -14,7 +14,8 @@
 //!    every pod watches through the Kubernetes API ([`statefulset`]; `NUM_GATEWAY_PODS` is a
 //!    fixed override). A change moves the running pod to the new topology
 //!    ([`coordinator::Coordinator::retarget`]): no pod restarts for a rescale, so a rescale
-//!    costs Discord identifies only for the new ordinals' shards.
+//!    costs no IDENTIFY at all: shard sessions move between pods by RESUME (DESIGN §6,
+//!    [`crate::gateway::connector`]).
 //! 1. **Persisted topology history.** A pod stores the topology it runs under (`meta`
 //!    `topology`) and every topology it ran under since the last convergence
 //!    (`topology.history`, oldest first; written before the new current one), and processes
@@ -22,31 +23,19 @@
 //!    normal: the history then holds 3 and 4. The history is cleared only when the pod sees
 //!    the transition converged, so a pod killed -9 mid-transition restarts still processing
 //!    every set. `replicas: 0` stops the bot: the pods keep their topology and data.
-//! 2. **Cover while down** (our addition to DESIGN §7). A StatefulSet restarts a pod in place: for
-//!    the seconds between the old process closing its gateway and the new one's READY on its
-//!    **last** shard, nobody would process that ordinal's guilds, and a fresh IDENTIFY does not
-//!    replay what was missed. (A pod is live, and "receiving", only once every shard it runs has
-//!    had a session: events routed to a shard before its READY never reach the process.)
-//!    So every live pod also processes the guilds of any ordinal that is not live (unreachable,
-//!    not ready, or `stopping`) under any topology it knows. A pod given SIGTERM first reports
-//!    `stopping`, keeps processing until a peer reports covering it (bounded wait), and only
-//!    then closes its gateway. Overlap is harmless (idempotent writes); the copies written by
-//!    covering pods are merged back by the handoff below. Only ordinals a pod has seen live,
-//!    or `stopping`, since it started are covered: a cluster starting up does not make every
-//!    pod process everything, and a pod stopped within a poll of its first READY (before any
-//!    peer saw it live) is still covered once it says `stopping`. Not covered: a pod killed
-//!    -9 within one poll of its very first READY, before any peer saw it at all.
-//!
-//!    **Covers start in the past.** A pod killed -9 is noticed only at its peers' next poll
-//!    (a poll interval plus a request timeout). Every pod runs every Discord shard, so its
-//!    peers received that pod's events all along and dropped them; each pod holds what it
-//!    dropped for a while (`gateway::replay`), and a cover starts at the moment the peer was
-//!    last seen live (the send time of the poll it answered) less
-//!    [`coordinator::COVER_MARGIN`]: the held events of the covered guilds from then on are
-//!    processed when the cover starts. So the kill -9 window is closed as long as detection
-//!    (at most two polls, ~6.5 s with their timeouts and the margin) takes less than the hold
-//!    (15 s, at most 30 000 events); a cover that starts later than that is logged and
-//!    counted (`gateway_covers_late`).
+//! 2. **Cover while down** (our addition to DESIGN §7). While an ordinal is not live
+//!    (unreachable or `stopping`), the connectors deliver its guilds' dispatches to one
+//!    covering pod (the same for every connector, [`crate::gateway::shard_map::cover_of`]),
+//!    and every live pod's view processes the guilds of the ordinals it sees down, so the
+//!    covering pod accepts them. Nothing depends on a clock: a dispatch stays unacknowledged at
+//!    its connector until a pod that processes its guild committed it, so dispatches sent to a
+//!    pod that died, or refused by a pod whose view lagged, are sent again where the view says.
+//!    A pod given SIGTERM first reports `stopping`, hands its shards over, and keeps taking
+//!    dispatches until a peer reports covering it (bounded wait). Overlap is harmless
+//!    (idempotent writes); the copies written by covering pods are merged back by the handoff
+//!    below. Only ordinals a pod has seen live, or `stopping`, since it started are covered: a
+//!    cluster starting up does not make every pod process everything (the dispatches of an
+//!    ordinal that has not started yet wait at the connectors).
 //! 3. **Convergence.** A pod considers the transition converged when every member ordinal
 //!    (`< N`) is live and reports the same topology as this pod, and every other reachable pod
 //!    (ordinals `>= N`, draining) also reports it. It then forgets the previous topology.

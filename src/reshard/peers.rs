@@ -8,7 +8,9 @@ use reqwest::StatusCode;
 use crate::config::{Secret, UrlTemplate};
 use crate::ownership::{GuildId, Ordinal};
 use crate::store::{GuildExport, GuildVersion};
-use crate::wire::{Delivery, DeliveryResults, HeldGuilds, Released, StatusReport, GUILD_VERSION_HEADER};
+use crate::wire::{
+    Delivery, DeliveryResults, HeldGuilds, Released, StatusReport, GUILD_VERSION_HEADER,
+};
 
 use super::Error;
 
@@ -257,7 +259,10 @@ pub fn events_body<'a>(from: Ordinal, events: impl Iterator<Item = (u32, u64, &'
             body.push(',');
         }
         // Writing to a String cannot fail.
-        let _ = write!(body, "{{\"shard\":{shard},\"seq\":{seq},\"frame\":{frame}}}");
+        let _ = write!(
+            body,
+            "{{\"shard\":{shard},\"seq\":{seq},\"frame\":{frame}}}"
+        );
     }
     body.push_str("]}");
     body
