@@ -862,3 +862,48 @@ async fn a_delete_after_export_deletes_only_what_was_exported() {
     assert_eq!(store.message_ids(G2).await.unwrap(), vec![m[1]]);
     store.close().await.unwrap();
 }
+
+/// The pod runs `synchronous=NORMAL`, where a commit is not on disk until the next checkpoint.
+/// A guild import is acknowledged to the handoff, which then deletes the previous owner's copy,
+/// so it must be fsynced at its commit; ordinary writes keep the cheaper level.
+#[tokio::test]
+async fn a_guild_import_is_fsynced_at_commit_and_other_writes_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = reference(&dir).await;
+    let a = Store::open(&path).await.unwrap();
+    let export = a.export_guild(G).await.unwrap();
+    a.close().await.unwrap();
+
+    let b = Store::open(db(&dir, "b")).await.unwrap();
+    let Ids { m, .. } = ids();
+    let before = b
+        .apply(created(G2, CH, m[0], 5, false, "hi"))
+        .await
+        .unwrap();
+    assert!(!before.fsynced, "an event write commits at NORMAL");
+    let imported = b.apply(Write::ImportGuild(export.clone())).await.unwrap();
+    assert!(imported.changed);
+    assert!(imported.fsynced, "the import commits at FULL");
+    // A repeated import (nothing changes) is still reported durable: the handoff deletes
+    // after it just the same.
+    assert!(b.apply(Write::ImportGuild(export)).await.unwrap().fsynced);
+    let after = b
+        .apply(created(G2, CH, m[1], 5, false, "hi"))
+        .await
+        .unwrap();
+    assert!(
+        !after.fsynced,
+        "the connection is back at NORMAL after the import"
+    );
+    b.close().await.unwrap();
+
+    let conn = Connection::open(db(&dir, "b")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM activity WHERE guild_id = ?1",
+            [G.0],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(n > 0, "the import is in the file");
+}

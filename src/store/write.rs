@@ -235,6 +235,15 @@ impl Write {
         }
     }
 
+    /// Whether the transaction holding this write must reach the disk (fsync) before its
+    /// caller is answered. The pod runs `synchronous=NORMAL`, where a commit survives a crash
+    /// of the process but not of the machine until the next checkpoint. That is enough for
+    /// events (Discord and the peers resend them), but not for a guild import: once it is
+    /// acknowledged the previous owner deletes its copy, so a power loss would lose the guild.
+    pub fn needs_fsync(&self) -> bool {
+        matches!(self, Write::ImportGuild(_))
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -267,4 +276,9 @@ pub struct Applied {
     pub report_count: Option<u64>,
     /// How many outbox rows were newly enqueued (0 for a replay).
     pub outbox_enqueued: usize,
+    /// Whether the transaction holding the write was fsynced at commit (`synchronous=FULL`,
+    /// read back from the connection just before the commit). Always true for a write that
+    /// [`Write::needs_fsync`]; true for any other write that shared its batch.
+    #[serde(default)]
+    pub fsynced: bool,
 }
