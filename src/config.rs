@@ -65,12 +65,18 @@ pub const ENV_LITESTREAM_ENABLED: &str = "LITESTREAM_ENABLED";
 pub const ENV_LITESTREAM_CONFIG: &str = "LITESTREAM_CONFIG";
 /// The `litestream` executable for the replica fallback (default: `litestream` on PATH).
 pub const ENV_LITESTREAM_BIN: &str = "LITESTREAM_BIN";
+/// Sent outbox rows and DM-help records older than this many days are deleted.
+pub const ENV_RETENTION_DAYS: &str = "RETENTION_DAYS";
+/// How often the retention task runs (seconds).
+pub const ENV_RETENTION_INTERVAL_SECONDS: &str = "RETENTION_INTERVAL_SECONDS";
 /// Fault injection for tests and drills: delay every command by this many milliseconds.
 pub const ENV_FAULT_COMMAND_DELAY_MS: &str = "FAULT_COMMAND_DELAY_MS";
 
 const DEFAULT_PUBLIC_BIND: &str = "0.0.0.0:8080";
 const DEFAULT_INTERNAL_BIND: &str = "0.0.0.0:8081";
 const DEFAULT_URL_TEMPLATE: &str = "http://gateway-{ordinal}.gateway-internal:8081";
+const DEFAULT_RETENTION_DAYS: u64 = 30;
+const DEFAULT_RETENTION_INTERVAL_SECONDS: u64 = 3600;
 
 /// A configuration value that was missing or malformed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -156,6 +162,8 @@ struct RawEnv {
     litestream_enabled: Option<String>,
     litestream_config: Option<String>,
     litestream_bin: Option<String>,
+    retention_days: Option<String>,
+    retention_interval_seconds: Option<String>,
     fault_command_delay_ms: Option<String>,
 }
 
@@ -197,6 +205,8 @@ const KNOWN: &[&str] = &[
     ENV_LITESTREAM_ENABLED,
     ENV_LITESTREAM_CONFIG,
     ENV_LITESTREAM_BIN,
+    ENV_RETENTION_DAYS,
+    ENV_RETENTION_INTERVAL_SECONDS,
     ENV_FAULT_COMMAND_DELAY_MS,
 ];
 
@@ -287,6 +297,15 @@ pub enum PodCountSource {
     StatefulSet(StatefulSetRef),
 }
 
+/// What the retention task deletes, and how often it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Sent outbox rows and DM-help records older than this are deleted.
+    pub keep: std::time::Duration,
+    /// How often the task runs.
+    pub every: std::time::Duration,
+}
+
 /// Configuration of `guildshard gateway`.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -314,6 +333,8 @@ pub struct GatewayConfig {
     pub litestream_config: Option<PathBuf>,
     /// The `litestream` executable.
     pub litestream_bin: PathBuf,
+    /// The retention task's settings.
+    pub retention: Retention,
     /// Fault injection: how long every command waits before running.
     pub command_delay: std::time::Duration,
 }
@@ -328,6 +349,16 @@ impl GatewayConfig {
         I: IntoIterator<Item = (String, String)>,
     {
         let raw = RawEnv::from_pairs(vars)?;
+        let litestream = match raw.litestream_enabled.as_deref().map(str::trim) {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    ENV_LITESTREAM_ENABLED,
+                    format!("must be true or false, got {other:?}"),
+                ))
+            }
+        };
         Ok(GatewayConfig {
             ordinal: ordinal(&raw)?,
             pod_count: pod_count(&raw)?,
@@ -346,16 +377,7 @@ impl GatewayConfig {
                 &raw.internal_bind_addr,
                 DEFAULT_INTERNAL_BIND,
             )?,
-            litestream: match raw.litestream_enabled.as_deref().map(str::trim) {
-                None | Some("true") | Some("1") => true,
-                Some("false") | Some("0") => false,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        ENV_LITESTREAM_ENABLED,
-                        format!("must be true or false, got {other:?}"),
-                    ))
-                }
-            },
+            litestream,
             litestream_config: raw
                 .litestream_config
                 .as_deref()
@@ -365,6 +387,23 @@ impl GatewayConfig {
                     .as_deref()
                     .map_or("litestream", str::trim),
             ),
+            retention: Retention {
+                keep: std::time::Duration::from_secs(
+                    positive(
+                        ENV_RETENTION_DAYS,
+                        &raw.retention_days,
+                        DEFAULT_RETENTION_DAYS,
+                        "days",
+                    )?
+                    .saturating_mul(86_400),
+                ),
+                every: std::time::Duration::from_secs(positive(
+                    ENV_RETENTION_INTERVAL_SECONDS,
+                    &raw.retention_interval_seconds,
+                    DEFAULT_RETENTION_INTERVAL_SECONDS,
+                    "seconds",
+                )?),
+            },
             command_delay: std::time::Duration::from_millis(
                 raw.fault_command_delay_ms
                     .as_deref()
@@ -456,6 +495,25 @@ fn parse_num<T: FromStr>(var: &'static str, value: &str, what: &str) -> Result<T
         .trim()
         .parse()
         .map_err(|_| ConfigError::new(var, format!("must be {what}, got {value:?}")))
+}
+
+/// An optional positive count (`default` when unset).
+fn positive(
+    var: &'static str,
+    value: &Option<String>,
+    default: u64,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match parse_num::<u64>(var, value, &format!("a positive number of {unit}"))? {
+        0 => Err(ConfigError::new(
+            var,
+            format!("must be a positive number of {unit}, got \"0\""),
+        )),
+        n => Ok(n),
+    }
 }
 
 fn ordinal(raw: &RawEnv) -> Result<Ordinal, ConfigError> {
@@ -759,12 +817,35 @@ mod tests {
             ("GATEWAY_INTERNAL_URL_TEMPLATE", "http://gateway:8081"),
             ("PUBLIC_BIND_ADDR", "localhost"),
             ("DATABASE_PATH", "<unset>"),
+            ("RETENTION_DAYS", "0"),
+            ("RETENTION_DAYS", "a week"),
+            ("RETENTION_INTERVAL_SECONDS", "-5"),
         ];
         for (var, value) in cases {
             let err = gateway_with(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, *var, "{var}={value}: {err}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn retention_has_defaults_and_can_be_set() {
+        let cfg = gateway_with(&[]).expect("valid");
+        assert_eq!(
+            cfg.retention.keep,
+            std::time::Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(cfg.retention.every, std::time::Duration::from_secs(3600));
+        let cfg = gateway_with(&[
+            ("RETENTION_DAYS", "7"),
+            ("RETENTION_INTERVAL_SECONDS", "600"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            cfg.retention.keep,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(cfg.retention.every, std::time::Duration::from_secs(600));
     }
 
     #[test]

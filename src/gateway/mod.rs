@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod pod;
 pub mod pod_count;
 pub mod replay;
+pub mod retention;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -212,6 +213,9 @@ async fn run_pod(
     let background = Shutdown::new();
     let outbox = tokio::spawn(outbox::run(pod.clone(), background.cancelled()).in_current_span());
     let purge = tokio::spawn(purge_loop(pod.clone(), background.cancelled()).in_current_span());
+    let retention = tokio::spawn(
+        retention::run(store.clone(), cfg.retention, background.cancelled()).in_current_span(),
+    );
     let resharding = tokio::spawn(
         coordinator
             .clone()
@@ -245,6 +249,7 @@ async fn run_pod(
     background.trigger();
     let _ = outbox.await;
     let _ = purge.await;
+    let _ = retention.await;
     let _ = resharding.await;
     let _ = covers.await;
     let _ = following.await;

@@ -596,6 +596,20 @@ fn apply_one(
             *cutoff = Some(new);
             None
         }
+        Write::Prune { older_than_ms } => {
+            let sent = outbox::prune_sent(conn, *older_than_ms)?;
+            let days = dm_help::prune(conn, super::utc_day(*older_than_ms))?;
+            applied.pruned = sent.len() + days;
+            applied.changed = applied.pruned > 0;
+            // Outbox rows may have been all some guild had left.
+            change = sent
+                .iter()
+                .any(Option::is_some)
+                .then(|| guilds::guild_ids(conn))
+                .transpose()?
+                .map(Change::Rescanned);
+            None
+        }
         Write::ImportGuild(export) => {
             applied.changed = guilds::import(conn, export, *cutoff)?;
             None
