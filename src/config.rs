@@ -65,6 +65,10 @@ pub const ENV_LITESTREAM_ENABLED: &str = "LITESTREAM_ENABLED";
 pub const ENV_LITESTREAM_CONFIG: &str = "LITESTREAM_CONFIG";
 /// The `litestream` executable for the replica fallback (default: `litestream` on PATH).
 pub const ENV_LITESTREAM_BIN: &str = "LITESTREAM_BIN";
+/// The cluster's name: with the namespace, it prefixes every Litestream replica path
+/// (`<cluster>/<namespace>/gateway-<ordinal>`), so two clusters or namespaces sharing a bucket
+/// never write into one path.
+pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
 /// Sent outbox rows and DM-help records older than this many days are deleted.
 pub const ENV_RETENTION_DAYS: &str = "RETENTION_DAYS";
 /// How often the retention task runs (seconds).
@@ -162,6 +166,7 @@ struct RawEnv {
     litestream_enabled: Option<String>,
     litestream_config: Option<String>,
     litestream_bin: Option<String>,
+    cluster_name: Option<String>,
     retention_days: Option<String>,
     retention_interval_seconds: Option<String>,
     fault_command_delay_ms: Option<String>,
@@ -205,6 +210,7 @@ const KNOWN: &[&str] = &[
     ENV_LITESTREAM_ENABLED,
     ENV_LITESTREAM_CONFIG,
     ENV_LITESTREAM_BIN,
+    ENV_CLUSTER_NAME,
     ENV_RETENTION_DAYS,
     ENV_RETENTION_INTERVAL_SECONDS,
     ENV_FAULT_COMMAND_DELAY_MS,
@@ -297,6 +303,23 @@ pub enum PodCountSource {
     StatefulSet(StatefulSetRef),
 }
 
+/// Where this cluster's Litestream replicas live in the bucket: `<cluster>/<namespace>/`,
+/// then `gateway-<ordinal>` (the same expansion as `litestream/litestream.yml`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaPrefix {
+    /// `CLUSTER_NAME`.
+    pub cluster: String,
+    /// `POD_NAMESPACE`.
+    pub namespace: String,
+}
+
+impl ReplicaPrefix {
+    /// The replica path of `ordinal` inside the bucket.
+    pub fn path_for(&self, ordinal: Ordinal) -> String {
+        format!("{}/{}/gateway-{ordinal}", self.cluster, self.namespace)
+    }
+}
+
 /// What the retention task deletes, and how often it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
@@ -333,6 +356,8 @@ pub struct GatewayConfig {
     pub litestream_config: Option<PathBuf>,
     /// The `litestream` executable.
     pub litestream_bin: PathBuf,
+    /// The replica path prefix; set whenever Litestream is in use (required then).
+    pub replica_prefix: Option<ReplicaPrefix>,
     /// The retention task's settings.
     pub retention: Retention,
     /// Fault injection: how long every command waits before running.
@@ -387,6 +412,7 @@ impl GatewayConfig {
                     .as_deref()
                     .map_or("litestream", str::trim),
             ),
+            replica_prefix: replica_prefix(&raw, litestream)?,
             retention: Retention {
                 keep: std::time::Duration::from_secs(
                     positive(
@@ -513,6 +539,33 @@ fn positive(
             format!("must be a positive number of {unit}, got \"0\""),
         )),
         n => Ok(n),
+    }
+}
+
+/// The replica path prefix. Required whenever Litestream is in use (a sidecar replicates the
+/// database, or the pod restores departed peers' replicas): without it, every cluster and
+/// namespace that shares a bucket would write `gateway-0` into the same place, and each
+/// would corrupt the others' backups and restore their guilds.
+fn replica_prefix(raw: &RawEnv, litestream: bool) -> Result<Option<ReplicaPrefix>, ConfigError> {
+    let needed = litestream || raw.litestream_config.is_some();
+    let cluster = raw.cluster_name.as_deref().map(str::trim);
+    let namespace = raw.pod_namespace.as_deref().map(str::trim);
+    if let Some(c) = cluster.filter(|c| !is_dns_label(c)) {
+        return Err(ConfigError::new(
+            ENV_CLUSTER_NAME,
+            format!("must be lower-case letters, digits and '-' (a DNS label), got {c:?}"),
+        ));
+    }
+    let why = "is required while Litestream is in use: it prefixes the replica path \
+               <cluster>/<namespace>/gateway-<ordinal> (set LITESTREAM_ENABLED=false without Litestream)";
+    match (cluster, namespace) {
+        (Some(cluster), Some(namespace)) => Ok(Some(ReplicaPrefix {
+            cluster: cluster.to_owned(),
+            namespace: namespace.to_owned(),
+        })),
+        _ if !needed => Ok(None),
+        (None, _) => Err(ConfigError::new(ENV_CLUSTER_NAME, why)),
+        (Some(_), None) => Err(ConfigError::new(ENV_POD_NAMESPACE, why)),
     }
 }
 
@@ -718,6 +771,8 @@ mod tests {
             ("DISCORD_TOKEN", "bot-token-value"),
             ("DATABASE_PATH", "/data/bot.db"),
             ("INTERNAL_AUTH_TOKEN", "internal-token-0123456789"),
+            // No Litestream: the replica prefix is tested on its own below.
+            ("LITESTREAM_ENABLED", "false"),
             ("UNRELATED", "whatever"),
         ]
     }
@@ -817,6 +872,7 @@ mod tests {
             ("GATEWAY_INTERNAL_URL_TEMPLATE", "http://gateway:8081"),
             ("PUBLIC_BIND_ADDR", "localhost"),
             ("DATABASE_PATH", "<unset>"),
+            ("CLUSTER_NAME", "Prod_EU"),
             ("RETENTION_DAYS", "0"),
             ("RETENTION_DAYS", "a week"),
             ("RETENTION_INTERVAL_SECONDS", "-5"),
@@ -826,6 +882,37 @@ mod tests {
             assert_eq!(err.var, *var, "{var}={value}: {err}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn litestream_needs_the_cluster_and_namespace_for_its_replica_path() {
+        for enabled in [
+            ("LITESTREAM_ENABLED", "<unset>"),
+            ("LITESTREAM_ENABLED", "true"),
+        ] {
+            let err = gateway_with(&[enabled]).expect_err("no cluster name");
+            assert_eq!(err.var, "CLUSTER_NAME", "{err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+            let err =
+                gateway_with(&[enabled, ("CLUSTER_NAME", "prod-eu")]).expect_err("no namespace");
+            assert_eq!(err.var, "POD_NAMESPACE", "{err}");
+        }
+        // The replica fallback alone needs it too: it restores peers' replicas by that path.
+        let err = gateway_with(&[("LITESTREAM_CONFIG", "/etc/litestream/litestream.yml")])
+            .expect_err("no cluster name");
+        assert_eq!(err.var, "CLUSTER_NAME", "{err}");
+
+        let cfg = gateway_with(&[
+            ("LITESTREAM_ENABLED", "<unset>"),
+            ("CLUSTER_NAME", "prod-eu"),
+            ("POD_NAMESPACE", "bots"),
+        ])
+        .expect("valid");
+        let prefix = cfg.replica_prefix.expect("a prefix");
+        assert_eq!(prefix.path_for(Ordinal(2)), "prod-eu/bots/gateway-2");
+        assert!(cfg.litestream);
+        // Without Litestream nothing is replicated, so nothing is required.
+        assert_eq!(gateway_with(&[]).expect("valid").replica_prefix, None);
     }
 
     #[test]

@@ -48,12 +48,14 @@ fn env_with(env: &[(String, String)], key: &str, value: &str) -> Vec<(String, St
 }
 
 #[test]
-fn entrypoint_refuses_unset_ordinal_bucket_or_endpoint() {
+fn entrypoint_refuses_unset_ordinal_prefix_bucket_or_endpoint() {
     // No server needed: the entrypoint must stop before Litestream runs at all. `version`
     // would print Litestream's version on stdout if it were reached.
     let dir = tempfile::tempdir().expect("tempdir");
     let good: Vec<(String, String)> = [
         ("POD_ORDINAL", "2"),
+        ("CLUSTER_NAME", "prod-eu"),
+        ("POD_NAMESPACE", "bots"),
         ("LITESTREAM_BUCKET", "bucket"),
         ("LITESTREAM_S3_ENDPOINT", "http://127.0.0.1:9"),
         (
@@ -78,6 +80,12 @@ fn entrypoint_refuses_unset_ordinal_bucket_or_endpoint() {
         ("POD_ORDINAL", env_with(&good, "POD_ORDINAL", "")),
         ("POD_ORDINAL", env_with(&good, "POD_ORDINAL", "gateway-1")),
         ("POD_ORDINAL", env_with(&good, "POD_ORDINAL", "-1")),
+        ("CLUSTER_NAME", env_without(&good, "CLUSTER_NAME")),
+        ("CLUSTER_NAME", env_with(&good, "CLUSTER_NAME", "")),
+        ("CLUSTER_NAME", env_with(&good, "CLUSTER_NAME", "prod/eu")),
+        ("CLUSTER_NAME", env_with(&good, "CLUSTER_NAME", "..")),
+        ("POD_NAMESPACE", env_without(&good, "POD_NAMESPACE")),
+        ("POD_NAMESPACE", env_with(&good, "POD_NAMESPACE", "Bots")),
         ("LITESTREAM_BUCKET", env_without(&good, "LITESTREAM_BUCKET")),
         (
             "LITESTREAM_BUCKET",
@@ -335,11 +343,14 @@ async fn two_pods_replicate_into_their_own_paths_only() {
         );
     }
     let keys = store.list("").expect("list");
-    let tops: BTreeSet<&str> = keys.iter().filter_map(|k| k.split('/').next()).collect();
+    let tops: BTreeSet<String> = keys
+        .iter()
+        .map(|k| k.splitn(4, '/').take(3).collect::<Vec<_>>().join("/"))
+        .collect();
     assert_eq!(
         tops.into_iter().collect::<Vec<_>>(),
-        ["gateway-0", "gateway-1"],
-        "the bucket holds exactly one prefix per ordinal: {keys:?}"
+        ["local/guildshard/gateway-0", "local/guildshard/gateway-1"],
+        "the bucket holds exactly one path per ordinal, under the cluster and namespace: {keys:?}"
     );
     assert!(keys.iter().all(|k| k.ends_with(".ltx")), "{keys:?}");
     cluster.shutdown().await;

@@ -355,9 +355,11 @@ async fn drain(pod: &Pod, grace: Duration) {
 }
 
 /// Litestream restore settings for the replica fallback, when `LITESTREAM_CONFIG` names a
-/// configuration (`LITESTREAM_BIN` overrides the `litestream` executable).
+/// configuration (`LITESTREAM_BIN` overrides the `litestream` executable; the configuration
+/// check made sure the replica prefix is set then).
 fn replica_config(cfg: &GatewayConfig) -> Option<ReplicaConfig> {
     let config = cfg.litestream_config.clone()?;
+    let prefix = cfg.replica_prefix.clone()?;
     let binary = cfg.litestream_bin.clone();
     let scratch = cfg
         .database_path
@@ -369,6 +371,7 @@ fn replica_config(cfg: &GatewayConfig) -> Option<ReplicaConfig> {
         config,
         database_path: cfg.database_path.clone(),
         scratch,
+        prefix,
     })
 }
 

@@ -1,12 +1,14 @@
 //! Recovering the guilds of a departed ordinal (removed before it drained, or whose volume is
 //! gone) from its Litestream replica: `litestream restore -o <tmp>` with `POD_ORDINAL=<k>`
-//! (the replica path is `gateway-$POD_ORDINAL`), then import the guilds this pod owns.
+//! (the replica path is `$CLUSTER_NAME/$POD_NAMESPACE/gateway-$POD_ORDINAL`), then import the
+//! guilds this pod owns.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tracing::info;
 
+use crate::config::{ReplicaPrefix, ENV_CLUSTER_NAME, ENV_POD_NAMESPACE};
 use crate::ownership::{owner, Ordinal, Topology};
 use crate::store::{Store, StoreOptions, Write};
 
@@ -27,6 +29,9 @@ pub struct ReplicaConfig {
     pub database_path: PathBuf,
     /// A directory for the temporary restored copies.
     pub scratch: PathBuf,
+    /// The cluster and namespace the configuration's replica path starts with (given to
+    /// Litestream as `CLUSTER_NAME` and `POD_NAMESPACE`, as the pod spec gives them).
+    pub prefix: ReplicaPrefix,
 }
 
 /// What a restore brought back.
@@ -71,6 +76,8 @@ pub async fn restore_and_import(
         .arg(&cfg.database_path)
         .env("POD_ORDINAL", departed.0.to_string())
         .env("DATABASE_PATH", &cfg.database_path)
+        .env(ENV_CLUSTER_NAME, &cfg.prefix.cluster)
+        .env(ENV_POD_NAMESPACE, &cfg.prefix.namespace)
         .kill_on_drop(true);
     let out = tokio::time::timeout(RESTORE_LIMIT, cmd.output())
         .await
@@ -112,6 +119,8 @@ fn replica_location(cfg: &ReplicaConfig, departed: Ordinal) -> String {
     let var = |name: &str| match name {
         "POD_ORDINAL" => departed.0.to_string(),
         "DATABASE_PATH" => cfg.database_path.display().to_string(),
+        ENV_CLUSTER_NAME => cfg.prefix.cluster.clone(),
+        ENV_POD_NAMESPACE => cfg.prefix.namespace.clone(),
         _ => std::env::var(name).unwrap_or_default(),
     };
     let mut found: Vec<(String, String)> = Vec::new();
@@ -213,7 +222,8 @@ mod tests {
         std::fs::write(
             &config,
             "# the path: gateway-${POD_ORDINAL}\ndbs:\n  - path: ${DATABASE_PATH}\n    replica:\n      \
-             type: s3\n      bucket: replicas-prod\n      path: gateway-${POD_ORDINAL}\n",
+             type: s3\n      bucket: replicas-prod\n      \
+             path: ${CLUSTER_NAME}/${POD_NAMESPACE}/gateway-${POD_ORDINAL}\n",
         )
         .expect("write");
         let cfg = ReplicaConfig {
@@ -221,10 +231,14 @@ mod tests {
             config,
             database_path: "/data/bot.db".into(),
             scratch: dir.path().into(),
+            prefix: ReplicaPrefix {
+                cluster: "eu-1".into(),
+                namespace: "bots".into(),
+            },
         };
         assert_eq!(
             replica_location(&cfg, Ordinal(4)),
-            "s3://replicas-prod/gateway-4"
+            "s3://replicas-prod/eu-1/bots/gateway-4"
         );
         assert_eq!(expand("a-$X-${Y}z", |v| v.to_lowercase()), "a-x-yz");
     }
