@@ -65,6 +65,8 @@ pub const ENV_LITESTREAM_ENABLED: &str = "LITESTREAM_ENABLED";
 pub const ENV_LITESTREAM_CONFIG: &str = "LITESTREAM_CONFIG";
 /// The `litestream` executable for the replica fallback (default: `litestream` on PATH).
 pub const ENV_LITESTREAM_BIN: &str = "LITESTREAM_BIN";
+/// How long a replica restore may show no progress before it is killed (seconds).
+pub const ENV_LITESTREAM_RESTORE_STALL_SECONDS: &str = "LITESTREAM_RESTORE_STALL_SECONDS";
 /// The cluster's name: with the namespace, it prefixes every Litestream replica path
 /// (`<cluster>/<namespace>/gateway-<ordinal>`), so two clusters or namespaces sharing a bucket
 /// never write into one path.
@@ -79,6 +81,7 @@ pub const ENV_FAULT_COMMAND_DELAY_MS: &str = "FAULT_COMMAND_DELAY_MS";
 const DEFAULT_PUBLIC_BIND: &str = "0.0.0.0:8080";
 const DEFAULT_INTERNAL_BIND: &str = "0.0.0.0:8081";
 const DEFAULT_URL_TEMPLATE: &str = "http://gateway-{ordinal}.gateway-internal:8081";
+const DEFAULT_RESTORE_STALL_SECONDS: u64 = 60;
 const DEFAULT_RETENTION_DAYS: u64 = 30;
 const DEFAULT_RETENTION_INTERVAL_SECONDS: u64 = 3600;
 
@@ -166,6 +169,7 @@ struct RawEnv {
     litestream_enabled: Option<String>,
     litestream_config: Option<String>,
     litestream_bin: Option<String>,
+    litestream_restore_stall_seconds: Option<String>,
     cluster_name: Option<String>,
     retention_days: Option<String>,
     retention_interval_seconds: Option<String>,
@@ -210,6 +214,7 @@ const KNOWN: &[&str] = &[
     ENV_LITESTREAM_ENABLED,
     ENV_LITESTREAM_CONFIG,
     ENV_LITESTREAM_BIN,
+    ENV_LITESTREAM_RESTORE_STALL_SECONDS,
     ENV_CLUSTER_NAME,
     ENV_RETENTION_DAYS,
     ENV_RETENTION_INTERVAL_SECONDS,
@@ -356,6 +361,8 @@ pub struct GatewayConfig {
     pub litestream_config: Option<PathBuf>,
     /// The `litestream` executable.
     pub litestream_bin: PathBuf,
+    /// How long a replica restore may show no progress before it is killed.
+    pub restore_stall: std::time::Duration,
     /// The replica path prefix; set whenever Litestream is in use (required then).
     pub replica_prefix: Option<ReplicaPrefix>,
     /// The retention task's settings.
@@ -412,6 +419,12 @@ impl GatewayConfig {
                     .as_deref()
                     .map_or("litestream", str::trim),
             ),
+            restore_stall: std::time::Duration::from_secs(positive(
+                ENV_LITESTREAM_RESTORE_STALL_SECONDS,
+                &raw.litestream_restore_stall_seconds,
+                DEFAULT_RESTORE_STALL_SECONDS,
+                "seconds",
+            )?),
             replica_prefix: replica_prefix(&raw, litestream)?,
             retention: Retention {
                 keep: std::time::Duration::from_secs(
@@ -873,6 +886,7 @@ mod tests {
             ("PUBLIC_BIND_ADDR", "localhost"),
             ("DATABASE_PATH", "<unset>"),
             ("CLUSTER_NAME", "Prod_EU"),
+            ("LITESTREAM_RESTORE_STALL_SECONDS", "0"),
             ("RETENTION_DAYS", "0"),
             ("RETENTION_DAYS", "a week"),
             ("RETENTION_INTERVAL_SECONDS", "-5"),
@@ -916,16 +930,18 @@ mod tests {
     }
 
     #[test]
-    fn retention_has_defaults_and_can_be_set() {
+    fn retention_and_restore_stall_have_defaults_and_can_be_set() {
         let cfg = gateway_with(&[]).expect("valid");
         assert_eq!(
             cfg.retention.keep,
             std::time::Duration::from_secs(30 * 86_400)
         );
         assert_eq!(cfg.retention.every, std::time::Duration::from_secs(3600));
+        assert_eq!(cfg.restore_stall, std::time::Duration::from_secs(60));
         let cfg = gateway_with(&[
             ("RETENTION_DAYS", "7"),
             ("RETENTION_INTERVAL_SECONDS", "600"),
+            ("LITESTREAM_RESTORE_STALL_SECONDS", "300"),
         ])
         .expect("valid");
         assert_eq!(
@@ -933,6 +949,7 @@ mod tests {
             std::time::Duration::from_secs(7 * 86_400)
         );
         assert_eq!(cfg.retention.every, std::time::Duration::from_secs(600));
+        assert_eq!(cfg.restore_stall, std::time::Duration::from_secs(300));
     }
 
     #[test]

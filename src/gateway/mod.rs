@@ -371,6 +371,7 @@ fn replica_config(cfg: &GatewayConfig) -> Option<ReplicaConfig> {
         config,
         database_path: cfg.database_path.clone(),
         scratch,
+        stall_limit: cfg.restore_stall,
         prefix,
     })
 }
