@@ -2,7 +2,8 @@
 //! HTTP: what it does is decided by what the peers answer, so the peers' timing can be set
 //! exactly (a slow export, a peer that goes away), which real pods cannot do on cue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use guildshard::reshard::coordinator::Coordinator;
 use guildshard::reshard::peers::Peers;
 use guildshard::reshard::topology::{OwnershipView, Processing};
 use guildshard::shutdown::Shutdown;
-use guildshard::store::Store;
+use guildshard::store::{Store, Write};
 use guildshard::wire::{HandoffProgress, HeldGuilds, StatusReport};
 
 use crate::support::eventually::eventually;
@@ -45,8 +46,13 @@ struct Peerage {
     topology: Topology,
     modes: Mutex<BTreeMap<u32, Mode>>,
     held_for_0: Vec<GuildId>,
-    /// An empty database: what an export of a guild nobody wrote to looks like.
-    empty: Store,
+    /// Peer 1's copies: one message per guild of `held_for_0`.
+    copies: Store,
+    /// Guilds peer 1 deleted (pulled by ordinal 0): no longer held.
+    deleted: Mutex<BTreeSet<GuildId>>,
+    /// A guild whose export always fails (500), and how often it was asked for.
+    failing: Option<GuildId>,
+    failed_exports: AtomicU64,
 }
 
 impl Peerage {
@@ -66,9 +72,22 @@ impl Peerage {
             .insert(ordinal, mode);
     }
 
+    /// What peer 1 still holds for ordinal 0.
+    fn still_held(&self) -> Vec<GuildId> {
+        let deleted = self
+            .deleted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.held_for_0
+            .iter()
+            .filter(|g| !deleted.contains(g))
+            .copied()
+            .collect()
+    }
+
     fn report(&self, ordinal: u32, mode: Mode) -> StatusReport {
         let holds = if ordinal == 1 {
-            self.held_for_0.len()
+            self.still_held().len()
         } else {
             0
         } as u64;
@@ -113,7 +132,7 @@ async fn status(State(p): State<Shared>, Path(o): Path<u32>) -> Response {
 }
 
 async fn held(State(p): State<Shared>, Path(o): Path<u32>) -> Response {
-    let guild_ids = if o == 1 { p.held_for_0.clone() } else { vec![] };
+    let guild_ids = if o == 1 { p.still_held() } else { vec![] };
     Json(HeldGuilds {
         ordinal: Ordinal(o),
         guild_ids,
@@ -123,13 +142,21 @@ async fn held(State(p): State<Shared>, Path(o): Path<u32>) -> Response {
 
 async fn export(State(p): State<Shared>, Path((_, guild)): Path<(u32, u64)>) -> Response {
     tokio::time::sleep(EXPORT_TAKES).await;
-    match p.empty.export_guild(GuildId(guild)).await {
+    if p.failing == Some(GuildId(guild)) {
+        p.failed_exports.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::INTERNAL_SERVER_ERROR, "export failed").into_response();
+    }
+    match p.copies.export_guild(GuildId(guild)).await {
         Ok(export) => Json(export).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
-async fn delete() -> Response {
+async fn delete(State(p): State<Shared>, Path((_, guild)): Path<(u32, u64)>) -> Response {
+    p.deleted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(GuildId(guild));
     Json(serde_json::json!({ "deleted": {} })).into_response()
 }
 
@@ -149,6 +176,15 @@ impl Harness {
     /// Peer 1 holds `guilds_to_pull` guilds that ordinal 0 owns; `modes` says how each peer
     /// answers at first.
     async fn start(guilds_to_pull: usize, modes: [(u32, Mode); 2]) -> Harness {
+        Self::start_failing(guilds_to_pull, modes, None).await
+    }
+
+    /// As [`Harness::start`]; peer 1's export of the `failing`-th guild always fails.
+    async fn start_failing(
+        guilds_to_pull: usize,
+        modes: [(u32, Mode); 2],
+        failing: Option<usize>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let three = Topology::new(Strategy::Md5, 3).expect("3");
         let held_for_0: Vec<GuildId> = (1..)
@@ -156,13 +192,32 @@ impl Harness {
             .filter(|g| owner(*g, three) == Ordinal(0))
             .take(guilds_to_pull)
             .collect();
+        let copies = Store::open(dir.path().join("peer.db"))
+            .await
+            .expect("store");
+        for (i, guild) in held_for_0.iter().enumerate() {
+            copies
+                .apply(Write::MessageCreated {
+                    guild_id: *guild,
+                    channel_id: 1,
+                    message_id: (1_000 + i as u64) << 22,
+                    author_id: 2,
+                    author_is_bot: false,
+                    content: "hello".into(),
+                    created_at_ms: 1_420_070_400_000 + 1_000 + i as u64,
+                    outbox: vec![],
+                })
+                .await
+                .expect("a row of the peer's copy");
+        }
         let peers = Arc::new(Peerage {
             topology: three,
             modes: Mutex::new(modes.into()),
+            failing: failing.map(|i| held_for_0[i]),
             held_for_0,
-            empty: Store::open(dir.path().join("peer.db"))
-                .await
-                .expect("store"),
+            copies,
+            deleted: Mutex::new(BTreeSet::new()),
+            failed_exports: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/peer/{o}/internal/v1/status", get(status))
@@ -229,6 +284,7 @@ impl Harness {
             .expect("no panic");
         self.server.abort();
         self.store.close().await.expect("close");
+        self.peers.copies.close().await.expect("close");
     }
 }
 
@@ -273,5 +329,50 @@ async fn a_peer_stopped_before_this_pod_saw_it_live_is_covered() {
     h.peers.set(2, Mode::Down);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(h.view.covering().contains(&Ordinal(2)));
+    h.stop().await;
+}
+
+/// One peer always fails the export of one guild (a corrupt row, a bug): every other guild it
+/// holds is still pulled (imported here and deleted there), the failing one is retried round
+/// after round, and the failure is reported instead of hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guild_whose_export_always_fails_does_not_hold_up_the_others() {
+    const GUILDS: usize = 6;
+    let h = Harness::start_failing(GUILDS, [(1, Mode::Live), (2, Mode::Live)], Some(2)).await;
+    let bad = h.peers.held_for_0[2];
+    eventually("every other guild to be pulled", || async {
+        (h.peers.still_held() == [bad]).then_some(())
+    })
+    .await;
+    let mut others: Vec<GuildId> = h
+        .peers
+        .held_for_0
+        .iter()
+        .filter(|g| **g != bad)
+        .copied()
+        .collect();
+    others.sort();
+    assert_eq!(
+        h.store.guild_ids().await.expect("guilds"),
+        others,
+        "each other guild was imported here; the failing one was not"
+    );
+    for g in &others {
+        assert_eq!(h.store.message_ids(*g).await.expect("rows").len(), 1);
+    }
+    // Retried on later rounds, and reported while it fails.
+    let tried = h.peers.failed_exports.load(Ordering::Relaxed);
+    eventually("the failing export to be retried", || async {
+        (h.peers.failed_exports.load(Ordering::Relaxed) > tried).then_some(())
+    })
+    .await;
+    let progress = h.coordinator.progress();
+    assert_eq!(progress.pulled, (GUILDS - 1) as u64, "{progress:?}");
+    assert_eq!(progress.pending_pull, 1, "{progress:?}");
+    let error = progress.last_error.unwrap_or_default();
+    assert!(
+        error.contains("gateway-1") && error.contains("500"),
+        "the failure is reported: {error:?}"
+    );
     h.stop().await;
 }
