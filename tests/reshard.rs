@@ -14,6 +14,7 @@ use guildshard::reshard::topology::now_ms;
 
 use crate::support::cluster::{self, activity_by_pod, logs};
 use crate::support::eventually::{eventually, patience};
+use crate::support::litestream::fake_litestream;
 use crate::support::windows;
 
 /// Bound of one rescale (start, roll, converge); each step is itself bounded.
@@ -419,27 +420,6 @@ async fn a_scale_down_in_the_wrong_order_recovers_the_removed_pods_guilds_from_t
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.shutdown().await;
-}
-
-/// A stand-in for `litestream restore -o <out>`: a shell script that finds `<out>` in its
-/// arguments and runs `body`, where `$source` is the departed pod's database.
-fn fake_litestream(
-    dir: &std::path::Path,
-    name: &str,
-    source: &std::path::Path,
-    body: &str,
-) -> std::path::PathBuf {
-    let script = dir.join(name);
-    let text = format!(
-        "#!/bin/sh\nout=''\nwhile [ $# -gt 0 ]; do\n  [ \"$1\" = -o ] && out=$2\n  shift\ndone\n\
-         [ -n \"$out\" ] || exit 2\nsource='{}'\n{body}\n",
-        source.display()
-    );
-    std::fs::write(&script, text).expect("write the stand-in");
-    let mut perms = std::fs::metadata(&script).expect("stat").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&script, perms).expect("chmod");
-    script
 }
 
 /// The replica fallback's restore may take as long as the replica needs while it makes
