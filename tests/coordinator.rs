@@ -12,16 +12,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use guildshard::config::{Secret, UrlTemplate};
+use guildshard::config::{ReplicaPrefix, Secret, UrlTemplate};
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
-use guildshard::reshard::coordinator::Coordinator;
+use guildshard::reshard::coordinator::{Coordinator, META_REPLICAS_PENDING};
 use guildshard::reshard::peers::Peers;
+use guildshard::reshard::replica::ReplicaConfig;
 use guildshard::reshard::topology::{OwnershipView, Processing};
 use guildshard::shutdown::Shutdown;
 use guildshard::store::{Store, Write};
 use guildshard::wire::{HandoffProgress, HeldGuilds, StatusReport};
 
 use crate::support::eventually::eventually;
+use crate::support::litestream::fake_litestream;
 
 /// How long the stand-in takes to answer one export: the handoff of [`GUILDS_TO_PULL`] guilds
 /// lasts far longer than the few seconds a cover may take to start.
@@ -185,6 +187,17 @@ impl Harness {
         modes: [(u32, Mode); 2],
         failing: Option<usize>,
     ) -> Harness {
+        Self::start_with_replica(guilds_to_pull, modes, failing, None).await
+    }
+
+    /// As [`Harness::start_failing`], with a replica fallback: the pod starts owing a restore
+    /// of each departed ordinal in `replica` (as a pod restarted after a convergence does).
+    async fn start_with_replica(
+        guilds_to_pull: usize,
+        modes: [(u32, Mode); 2],
+        failing: Option<usize>,
+        replica: Option<(ReplicaConfig, Vec<u32>)>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let three = Topology::new(Strategy::Md5, 3).expect("3");
         let held_for_0: Vec<GuildId> = (1..)
@@ -242,12 +255,25 @@ impl Harness {
             },
         ));
         let store = Store::open(dir.path().join("pod.db")).await.expect("store");
+        let replica = match replica {
+            Some((config, pending)) => {
+                store
+                    .apply(Write::SetMeta {
+                        key: META_REPLICAS_PENDING.into(),
+                        value: serde_json::to_string(&pending).expect("json"),
+                    })
+                    .await
+                    .expect("the pending restores");
+                Some(config)
+            }
+            None => None,
+        };
         let template = UrlTemplate::parse(&format!("http://{addr}/peer/{{ordinal}}")).expect("url");
         let coordinator = Arc::new(Coordinator::new(
             view.clone(),
             store.clone(),
             Peers::new(template, Secret::new("token")),
-            None,
+            replica,
         ));
         let stop = Shutdown::new();
         let running = tokio::spawn(coordinator.clone().run(stop.cancelled()));
@@ -370,6 +396,90 @@ async fn a_guild_whose_export_always_fails_does_not_hold_up_the_others() {
     assert_eq!(progress.pulled, (GUILDS - 1) as u64, "{progress:?}");
     assert_eq!(progress.pending_pull, 1, "{progress:?}");
     let error = progress.last_error.unwrap_or_default();
+    assert!(
+        error.contains("gateway-1") && error.contains("500"),
+        "the failure is reported: {error:?}"
+    );
+    h.stop().await;
+}
+
+/// A guild whose export always fails must not stop the replica fallback: the guilds of a
+/// departed ordinal (gone before it handed them over) are restored from its replica while the
+/// failing export is retried, and the export's failure is still the error reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guild_whose_export_always_fails_does_not_hold_up_a_replica_restore() {
+    const GUILDS: usize = 3;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let three = Topology::new(Strategy::Md5, 3).expect("3");
+    // Ordinal 3 (of md5/4) is gone; its replica holds a guild ordinal 0 owns now, far above
+    // the ids peer 1 holds.
+    let departed_guild = (1_000_000..)
+        .map(GuildId)
+        .find(|g| owner(*g, three) == Ordinal(0))
+        .expect("a guild of ordinal 0");
+    let source = dir.path().join("departed/bot.db");
+    {
+        let departed = Store::open(&source).await.expect("open");
+        departed
+            .apply(Write::MessageCreated {
+                guild_id: departed_guild,
+                channel_id: 1,
+                message_id: 5_000 << 22,
+                author_id: 2,
+                author_is_bot: false,
+                content: "kept only in the replica".into(),
+                created_at_ms: 1_420_070_400_000 + 5_000,
+                outbox: vec![],
+            })
+            .await
+            .expect("write");
+        departed.close().await.expect("close");
+    }
+    let replica = ReplicaConfig {
+        binary: fake_litestream(dir.path(), "litestream", &source, "cp \"$source\" \"$out\""),
+        config: dir.path().join("litestream.yml"),
+        database_path: dir.path().join("pod/bot.db"),
+        scratch: dir.path().join("restore"),
+        stall_limit: Duration::from_secs(10),
+        prefix: ReplicaPrefix {
+            cluster: "test".into(),
+            namespace: "ns".into(),
+        },
+    };
+    let h = Harness::start_with_replica(
+        GUILDS,
+        [(1, Mode::Live), (2, Mode::Live)],
+        Some(0),
+        Some((replica, vec![3])),
+    )
+    .await;
+    let bad = h.peers.held_for_0[0];
+
+    eventually("the departed ordinal's replica to be restored", || async {
+        let progress = h.coordinator.progress();
+        (progress.restored == 1 && progress.replicas_pending.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.store
+            .message_ids(departed_guild)
+            .await
+            .expect("rows")
+            .len(),
+        1,
+        "the replica's guild was imported"
+    );
+    assert!(
+        h.peers.still_held().contains(&bad),
+        "the failing guild is still where it was"
+    );
+    // The pull failure is what the pod reports, restore or not.
+    let tried = h.peers.failed_exports.load(Ordering::Relaxed);
+    eventually("the failing export to be retried", || async {
+        (h.peers.failed_exports.load(Ordering::Relaxed) > tried).then_some(())
+    })
+    .await;
+    let error = h.coordinator.progress().last_error.unwrap_or_default();
     assert!(
         error.contains("gateway-1") && error.contains("500"),
         "the failure is reported: {error:?}"
