@@ -22,8 +22,8 @@
 //! - L5 [`bench`] (`guildshard bench <scenario>`: measured speed and memory of the above).
 //!
 //! `http` never imports `store`; `gateway` and `http` never import each other; `emulator` and
-//! `kube_api` never import the bot (`store`, `reshard`, `gateway`, `http`).
-//! `tests/architecture.rs` checks all of this.
+//! `kube_api` never import the bot (`store`, `reshard`, `gateway`, `http`). A `use` names one
+//! module of the crate (no `use crate::{a, b}`). `tests/architecture.rs` checks all of this.
 
 pub mod bench;
 pub mod calendar;

@@ -176,6 +176,50 @@ fn the_levels_keep_the_stand_ins_and_the_services_apart() {
     assert!(forbidden("bench").is_empty());
 }
 
+/// `use crate::{a, b::c}` names several modules in one statement, and once rustfmt spreads it
+/// over lines the modules no longer follow `crate::`, so the level check cannot see them. One
+/// `use` per module keeps every crate path greppable; braces below a module
+/// (`use crate::store::{Store, Write}`) are fine.
+fn brace_imports(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .filter(|line| {
+            let squeezed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            squeezed.contains("usecrate::{")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn crate_imports_name_one_module_each() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for line in brace_imports(&text) {
+            found.push(format!("{}: {}", file.display(), line.trim()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "split these into one `use crate::<module>::...` per module:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_brace_check_sees_a_brace_import() {
+    assert_eq!(brace_imports("use crate::{store, wire};").len(), 1);
+    assert_eq!(brace_imports("    use crate::{a, b::c};").len(), 1);
+    assert_eq!(brace_imports("pub(crate) use crate::{").len(), 1);
+    assert_eq!(brace_imports("use crate :: { store };").len(), 1);
+    assert!(brace_imports("use crate::store::{Store, Write};").is_empty());
+    assert!(brace_imports("// use crate::{store, wire};").is_empty());
+}
+
 /// The `pub mod`s of `src/lib.rs`.
 fn lib_modules() -> Vec<String> {
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs");
