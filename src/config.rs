@@ -65,12 +65,25 @@ pub const ENV_LITESTREAM_ENABLED: &str = "LITESTREAM_ENABLED";
 pub const ENV_LITESTREAM_CONFIG: &str = "LITESTREAM_CONFIG";
 /// The `litestream` executable for the replica fallback (default: `litestream` on PATH).
 pub const ENV_LITESTREAM_BIN: &str = "LITESTREAM_BIN";
+/// How long a replica restore may show no progress before it is killed (seconds).
+pub const ENV_LITESTREAM_RESTORE_STALL_SECONDS: &str = "LITESTREAM_RESTORE_STALL_SECONDS";
+/// The cluster's name: with the namespace, it prefixes every Litestream replica path
+/// (`<cluster>/<namespace>/gateway-<ordinal>`), so two clusters or namespaces sharing a bucket
+/// never write into one path.
+pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
+/// Sent outbox rows and DM-help records older than this many days are deleted.
+pub const ENV_RETENTION_DAYS: &str = "RETENTION_DAYS";
+/// How often the retention task runs (seconds).
+pub const ENV_RETENTION_INTERVAL_SECONDS: &str = "RETENTION_INTERVAL_SECONDS";
 /// Fault injection for tests and drills: delay every command by this many milliseconds.
 pub const ENV_FAULT_COMMAND_DELAY_MS: &str = "FAULT_COMMAND_DELAY_MS";
 
 const DEFAULT_PUBLIC_BIND: &str = "0.0.0.0:8080";
 const DEFAULT_INTERNAL_BIND: &str = "0.0.0.0:8081";
 const DEFAULT_URL_TEMPLATE: &str = "http://gateway-{ordinal}.gateway-internal:8081";
+const DEFAULT_RESTORE_STALL_SECONDS: u64 = 60;
+const DEFAULT_RETENTION_DAYS: u64 = 30;
+const DEFAULT_RETENTION_INTERVAL_SECONDS: u64 = 3600;
 
 /// A configuration value that was missing or malformed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -156,6 +169,10 @@ struct RawEnv {
     litestream_enabled: Option<String>,
     litestream_config: Option<String>,
     litestream_bin: Option<String>,
+    litestream_restore_stall_seconds: Option<String>,
+    cluster_name: Option<String>,
+    retention_days: Option<String>,
+    retention_interval_seconds: Option<String>,
     fault_command_delay_ms: Option<String>,
 }
 
@@ -197,6 +214,10 @@ const KNOWN: &[&str] = &[
     ENV_LITESTREAM_ENABLED,
     ENV_LITESTREAM_CONFIG,
     ENV_LITESTREAM_BIN,
+    ENV_LITESTREAM_RESTORE_STALL_SECONDS,
+    ENV_CLUSTER_NAME,
+    ENV_RETENTION_DAYS,
+    ENV_RETENTION_INTERVAL_SECONDS,
     ENV_FAULT_COMMAND_DELAY_MS,
 ];
 
@@ -287,6 +308,32 @@ pub enum PodCountSource {
     StatefulSet(StatefulSetRef),
 }
 
+/// Where this cluster's Litestream replicas live in the bucket: `<cluster>/<namespace>/`,
+/// then `gateway-<ordinal>` (the same expansion as `litestream/litestream.yml`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaPrefix {
+    /// `CLUSTER_NAME`.
+    pub cluster: String,
+    /// `POD_NAMESPACE`.
+    pub namespace: String,
+}
+
+impl ReplicaPrefix {
+    /// The replica path of `ordinal` inside the bucket.
+    pub fn path_for(&self, ordinal: Ordinal) -> String {
+        format!("{}/{}/gateway-{ordinal}", self.cluster, self.namespace)
+    }
+}
+
+/// What the retention task deletes, and how often it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Sent outbox rows and DM-help records older than this are deleted.
+    pub keep: std::time::Duration,
+    /// How often the task runs.
+    pub every: std::time::Duration,
+}
+
 /// Configuration of `guildshard gateway`.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -314,6 +361,12 @@ pub struct GatewayConfig {
     pub litestream_config: Option<PathBuf>,
     /// The `litestream` executable.
     pub litestream_bin: PathBuf,
+    /// How long a replica restore may show no progress before it is killed.
+    pub restore_stall: std::time::Duration,
+    /// The replica path prefix; set whenever Litestream is in use (required then).
+    pub replica_prefix: Option<ReplicaPrefix>,
+    /// The retention task's settings.
+    pub retention: Retention,
     /// Fault injection: how long every command waits before running.
     pub command_delay: std::time::Duration,
 }
@@ -328,6 +381,16 @@ impl GatewayConfig {
         I: IntoIterator<Item = (String, String)>,
     {
         let raw = RawEnv::from_pairs(vars)?;
+        let litestream = match raw.litestream_enabled.as_deref().map(str::trim) {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    ENV_LITESTREAM_ENABLED,
+                    format!("must be true or false, got {other:?}"),
+                ))
+            }
+        };
         Ok(GatewayConfig {
             ordinal: ordinal(&raw)?,
             pod_count: pod_count(&raw)?,
@@ -346,16 +409,7 @@ impl GatewayConfig {
                 &raw.internal_bind_addr,
                 DEFAULT_INTERNAL_BIND,
             )?,
-            litestream: match raw.litestream_enabled.as_deref().map(str::trim) {
-                None | Some("true") | Some("1") => true,
-                Some("false") | Some("0") => false,
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        ENV_LITESTREAM_ENABLED,
-                        format!("must be true or false, got {other:?}"),
-                    ))
-                }
-            },
+            litestream,
             litestream_config: raw
                 .litestream_config
                 .as_deref()
@@ -365,6 +419,30 @@ impl GatewayConfig {
                     .as_deref()
                     .map_or("litestream", str::trim),
             ),
+            restore_stall: std::time::Duration::from_secs(positive(
+                ENV_LITESTREAM_RESTORE_STALL_SECONDS,
+                &raw.litestream_restore_stall_seconds,
+                DEFAULT_RESTORE_STALL_SECONDS,
+                "seconds",
+            )?),
+            replica_prefix: replica_prefix(&raw, litestream)?,
+            retention: Retention {
+                keep: std::time::Duration::from_secs(
+                    positive(
+                        ENV_RETENTION_DAYS,
+                        &raw.retention_days,
+                        DEFAULT_RETENTION_DAYS,
+                        "days",
+                    )?
+                    .saturating_mul(86_400),
+                ),
+                every: std::time::Duration::from_secs(positive(
+                    ENV_RETENTION_INTERVAL_SECONDS,
+                    &raw.retention_interval_seconds,
+                    DEFAULT_RETENTION_INTERVAL_SECONDS,
+                    "seconds",
+                )?),
+            },
             command_delay: std::time::Duration::from_millis(
                 raw.fault_command_delay_ms
                     .as_deref()
@@ -456,6 +534,52 @@ fn parse_num<T: FromStr>(var: &'static str, value: &str, what: &str) -> Result<T
         .trim()
         .parse()
         .map_err(|_| ConfigError::new(var, format!("must be {what}, got {value:?}")))
+}
+
+/// An optional positive count (`default` when unset).
+fn positive(
+    var: &'static str,
+    value: &Option<String>,
+    default: u64,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match parse_num::<u64>(var, value, &format!("a positive number of {unit}"))? {
+        0 => Err(ConfigError::new(
+            var,
+            format!("must be a positive number of {unit}, got \"0\""),
+        )),
+        n => Ok(n),
+    }
+}
+
+/// The replica path prefix. Required whenever Litestream is in use (a sidecar replicates the
+/// database, or the pod restores departed peers' replicas): without it, every cluster and
+/// namespace that shares a bucket would write `gateway-0` into the same place, and each
+/// would corrupt the others' backups and restore their guilds.
+fn replica_prefix(raw: &RawEnv, litestream: bool) -> Result<Option<ReplicaPrefix>, ConfigError> {
+    let needed = litestream || raw.litestream_config.is_some();
+    let cluster = raw.cluster_name.as_deref().map(str::trim);
+    let namespace = raw.pod_namespace.as_deref().map(str::trim);
+    if let Some(c) = cluster.filter(|c| !is_dns_label(c)) {
+        return Err(ConfigError::new(
+            ENV_CLUSTER_NAME,
+            format!("must be lower-case letters, digits and '-' (a DNS label), got {c:?}"),
+        ));
+    }
+    let why = "is required while Litestream is in use: it prefixes the replica path \
+               <cluster>/<namespace>/gateway-<ordinal> (set LITESTREAM_ENABLED=false without Litestream)";
+    match (cluster, namespace) {
+        (Some(cluster), Some(namespace)) => Ok(Some(ReplicaPrefix {
+            cluster: cluster.to_owned(),
+            namespace: namespace.to_owned(),
+        })),
+        _ if !needed => Ok(None),
+        (None, _) => Err(ConfigError::new(ENV_CLUSTER_NAME, why)),
+        (Some(_), None) => Err(ConfigError::new(ENV_POD_NAMESPACE, why)),
+    }
 }
 
 fn ordinal(raw: &RawEnv) -> Result<Ordinal, ConfigError> {
@@ -660,6 +784,8 @@ mod tests {
             ("DISCORD_TOKEN", "bot-token-value"),
             ("DATABASE_PATH", "/data/bot.db"),
             ("INTERNAL_AUTH_TOKEN", "internal-token-0123456789"),
+            // No Litestream: the replica prefix is tested on its own below.
+            ("LITESTREAM_ENABLED", "false"),
             ("UNRELATED", "whatever"),
         ]
     }
@@ -759,12 +885,71 @@ mod tests {
             ("GATEWAY_INTERNAL_URL_TEMPLATE", "http://gateway:8081"),
             ("PUBLIC_BIND_ADDR", "localhost"),
             ("DATABASE_PATH", "<unset>"),
+            ("CLUSTER_NAME", "Prod_EU"),
+            ("LITESTREAM_RESTORE_STALL_SECONDS", "0"),
+            ("RETENTION_DAYS", "0"),
+            ("RETENTION_DAYS", "a week"),
+            ("RETENTION_INTERVAL_SECONDS", "-5"),
         ];
         for (var, value) in cases {
             let err = gateway_with(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, *var, "{var}={value}: {err}");
             assert!(!err.to_string().contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn litestream_needs_the_cluster_and_namespace_for_its_replica_path() {
+        for enabled in [
+            ("LITESTREAM_ENABLED", "<unset>"),
+            ("LITESTREAM_ENABLED", "true"),
+        ] {
+            let err = gateway_with(&[enabled]).expect_err("no cluster name");
+            assert_eq!(err.var, "CLUSTER_NAME", "{err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+            let err =
+                gateway_with(&[enabled, ("CLUSTER_NAME", "prod-eu")]).expect_err("no namespace");
+            assert_eq!(err.var, "POD_NAMESPACE", "{err}");
+        }
+        // The replica fallback alone needs it too: it restores peers' replicas by that path.
+        let err = gateway_with(&[("LITESTREAM_CONFIG", "/etc/litestream/litestream.yml")])
+            .expect_err("no cluster name");
+        assert_eq!(err.var, "CLUSTER_NAME", "{err}");
+
+        let cfg = gateway_with(&[
+            ("LITESTREAM_ENABLED", "<unset>"),
+            ("CLUSTER_NAME", "prod-eu"),
+            ("POD_NAMESPACE", "bots"),
+        ])
+        .expect("valid");
+        let prefix = cfg.replica_prefix.expect("a prefix");
+        assert_eq!(prefix.path_for(Ordinal(2)), "prod-eu/bots/gateway-2");
+        assert!(cfg.litestream);
+        // Without Litestream nothing is replicated, so nothing is required.
+        assert_eq!(gateway_with(&[]).expect("valid").replica_prefix, None);
+    }
+
+    #[test]
+    fn retention_and_restore_stall_have_defaults_and_can_be_set() {
+        let cfg = gateway_with(&[]).expect("valid");
+        assert_eq!(
+            cfg.retention.keep,
+            std::time::Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(cfg.retention.every, std::time::Duration::from_secs(3600));
+        assert_eq!(cfg.restore_stall, std::time::Duration::from_secs(60));
+        let cfg = gateway_with(&[
+            ("RETENTION_DAYS", "7"),
+            ("RETENTION_INTERVAL_SECONDS", "600"),
+            ("LITESTREAM_RESTORE_STALL_SECONDS", "300"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            cfg.retention.keep,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(cfg.retention.every, std::time::Duration::from_secs(600));
+        assert_eq!(cfg.restore_stall, std::time::Duration::from_secs(300));
     }
 
     #[test]

@@ -228,9 +228,11 @@ async fn start_replication(
     )?;
     println!(
         "object storage (SeaweedFS) on {}, bucket {}; a Litestream sidecar per pod replicates to \
-         gateway-<ordinal>/",
+         {}/{}/gateway-<ordinal>/",
         store.endpoint(),
-        store.bucket()
+        store.bucket(),
+        replication.prefix().cluster,
+        replication.prefix().namespace
     );
     Ok((Some(store), Some(replication)))
 }

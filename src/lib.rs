@@ -21,8 +21,9 @@
 //!   and [`dev`] (the `guildshard dev` live view).
 //! - L5 [`bench`] (`guildshard bench <scenario>`: measured speed and memory of the above).
 //!
-//! `http` never imports `store`; `emulator` and `kube_api` never import `gateway` or `http`
-//! (`tests/architecture.rs` checks this).
+//! `http` never imports `store`; `gateway` and `http` never import each other; `emulator` and
+//! `kube_api` never import the bot (`store`, `reshard`, `gateway`, `http`). A `use` names one
+//! module of the crate (no `use crate::{a, b}`). `tests/architecture.rs` checks all of this.
 
 pub mod bench;
 pub mod calendar;

@@ -190,6 +190,8 @@ fn gateway_with_an_unusable_database_exits_64_with_one_line() {
             ("INTERNAL_AUTH_TOKEN", "0123456789abcdef0123"),
             ("PUBLIC_BIND_ADDR", "127.0.0.1:0"),
             ("INTERNAL_BIND_ADDR", "127.0.0.1:0"),
+            ("CLUSTER_NAME", "test"),
+            ("POD_NAMESPACE", "test"),
             ("RUST_LOG", "off"),
         ];
         let out = run_cli(&["gateway"], &env, None);

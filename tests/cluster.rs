@@ -278,6 +278,25 @@ fn check_gateway(objs: &[Value], dir: &str) {
                 "{dir}: {var} from a Secret"
             );
         }
+        // The replica path's prefix: the namespace from the downward API, the cluster's name
+        // from the configMap. The base leaves the name empty (the pods refuse to start), so
+        // every overlay must name its cluster.
+        assert_eq!(
+            env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace",
+            "{dir}: {} POD_NAMESPACE",
+            c["name"]
+        );
+        let cluster = literal(&env, "CLUSTER_NAME");
+        if dir != "cluster/base" {
+            assert!(
+                !cluster.is_empty()
+                    && cluster
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{dir}: {} CLUSTER_NAME {cluster:?}",
+                c["name"]
+            );
+        }
         let mounts: BTreeMap<&str, &str> = arr(&c["volumeMounts"])
             .iter()
             .map(|m| {
@@ -380,7 +399,10 @@ fn check_gateway(objs: &[Value], dir: &str) {
     assert_eq!(dbs[0]["path"].as_str(), Some("${DATABASE_PATH}"));
     let replica = &dbs[0]["replica"];
     assert_eq!(replica["type"].as_str(), Some("s3"));
-    assert_eq!(replica["path"].as_str(), Some("gateway-${POD_ORDINAL}"));
+    assert_eq!(
+        replica["path"].as_str(),
+        Some("${CLUSTER_NAME}/${POD_NAMESPACE}/gateway-${POD_ORDINAL}")
+    );
     assert_eq!(replica["bucket"].as_str(), Some("${LITESTREAM_BUCKET}"));
     assert_eq!(
         replica["endpoint"].as_str(),

@@ -48,12 +48,14 @@ fn env_with(env: &[(String, String)], key: &str, value: &str) -> Vec<(String, St
 }
 
 #[test]
-fn entrypoint_refuses_unset_ordinal_bucket_or_endpoint() {
+fn entrypoint_refuses_unset_ordinal_prefix_bucket_or_endpoint() {
     // No server needed: the entrypoint must stop before Litestream runs at all. `version`
     // would print Litestream's version on stdout if it were reached.
     let dir = tempfile::tempdir().expect("tempdir");
     let good: Vec<(String, String)> = [
         ("POD_ORDINAL", "2"),
+        ("CLUSTER_NAME", "prod-eu"),
+        ("POD_NAMESPACE", "bots"),
         ("LITESTREAM_BUCKET", "bucket"),
         ("LITESTREAM_S3_ENDPOINT", "http://127.0.0.1:9"),
         (
@@ -78,6 +80,12 @@ fn entrypoint_refuses_unset_ordinal_bucket_or_endpoint() {
         ("POD_ORDINAL", env_with(&good, "POD_ORDINAL", "")),
         ("POD_ORDINAL", env_with(&good, "POD_ORDINAL", "gateway-1")),
         ("POD_ORDINAL", env_with(&good, "POD_ORDINAL", "-1")),
+        ("CLUSTER_NAME", env_without(&good, "CLUSTER_NAME")),
+        ("CLUSTER_NAME", env_with(&good, "CLUSTER_NAME", "")),
+        ("CLUSTER_NAME", env_with(&good, "CLUSTER_NAME", "prod/eu")),
+        ("CLUSTER_NAME", env_with(&good, "CLUSTER_NAME", "..")),
+        ("POD_NAMESPACE", env_without(&good, "POD_NAMESPACE")),
+        ("POD_NAMESPACE", env_with(&good, "POD_NAMESPACE", "Bots")),
         ("LITESTREAM_BUCKET", env_without(&good, "LITESTREAM_BUCKET")),
         (
             "LITESTREAM_BUCKET",
@@ -335,11 +343,14 @@ async fn two_pods_replicate_into_their_own_paths_only() {
         );
     }
     let keys = store.list("").expect("list");
-    let tops: BTreeSet<&str> = keys.iter().filter_map(|k| k.split('/').next()).collect();
+    let tops: BTreeSet<String> = keys
+        .iter()
+        .map(|k| k.splitn(4, '/').take(3).collect::<Vec<_>>().join("/"))
+        .collect();
     assert_eq!(
         tops.into_iter().collect::<Vec<_>>(),
-        ["gateway-0", "gateway-1"],
-        "the bucket holds exactly one prefix per ordinal: {keys:?}"
+        ["local/guildshard/gateway-0", "local/guildshard/gateway-1"],
+        "the bucket holds exactly one path per ordinal, under the cluster and namespace: {keys:?}"
     );
     assert!(keys.iter().all(|k| k.ends_with(".ltx")), "{keys:?}");
     cluster.shutdown().await;
@@ -405,4 +416,115 @@ async fn an_object_storage_outage_neither_stops_the_bot_nor_loses_the_replica() 
     .await;
     assert!(cluster.sidecar_mut(0).is_some_and(|s| s.is_running()));
     cluster.shutdown().await;
+}
+
+/// Rows of the test table `t` in a database file (0 when it has none).
+fn rows_of(db: &Path) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open database");
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+/// The files beside `db` that the entrypoint set aside (`bot.db.invalid-<time>`).
+fn set_aside(db: &Path) -> Vec<std::path::PathBuf> {
+    let name = format!(
+        "{}.invalid-",
+        db.file_name().expect("name").to_string_lossy()
+    );
+    let mut found: Vec<_> = std::fs::read_dir(db.parent().expect("dir"))
+        .expect("read dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// `restore -if-db-not-exists` skips the restore when the database file merely exists, so a
+/// volume that comes back with a 0-byte (or garbage) `bot.db` would start the pod empty while
+/// its replica holds everything. The init container's entrypoint treats a file without
+/// SQLite's header as absent: it moves it aside and the replica is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_without_a_sqlite_header_is_set_aside_and_the_replica_restored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = tokio::task::block_in_place(|| start_object_store(&dir.path().join("s3")));
+    let replication = Replication::new(
+        &tools().library(),
+        &store,
+        &dir.path().join("litestream"),
+        REPLICATION_INTERVAL,
+    )
+    .expect("litestream files");
+    let db = dir.path().join("data/gateway-0/bot.db");
+    std::fs::create_dir_all(db.parent().expect("db dir")).expect("mkdir");
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open db");
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .expect("WAL");
+        conn.execute_batch(
+            "CREATE TABLE t (x INTEGER);
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100)
+             INSERT INTO t SELECT x FROM n;",
+        )
+        .expect("write");
+    }
+    let sidecar = replication
+        .start_sidecar(0, &db, &dir.path().join("logs/litestream-0.log"))
+        .await
+        .expect("the sidecar starts");
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let mut n = 0;
+    eventually("the replica to hold the rows", || {
+        n += 1;
+        let out = scratch.join(format!("copy-{n}.db"));
+        let replication = &replication;
+        let db = &db;
+        async move {
+            let found = replication.restore_copy(0, db, &out).await.ok()?;
+            (found && rows_of(&out) == 100).then_some(())
+        }
+    })
+    .await;
+    assert!(sidecar.stop().await, "the sidecar stops cleanly");
+
+    for (what, content) in [
+        ("a 0-byte file", &b""[..]),
+        (
+            "garbage",
+            &b"not a database, just some bytes that are longer than a header"[..],
+        ),
+    ] {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        std::fs::write(&db, content).expect("write the bad file");
+        let before = set_aside(&db).len();
+        replication
+            .restore(0, &db)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the init container's restore: {e}"));
+        assert_eq!(rows_of(&db), 100, "{what}: the replica is restored over it");
+        let aside = set_aside(&db);
+        assert_eq!(aside.len(), before + 1, "{what}: moved aside: {aside:?}");
+        let kept = aside
+            .iter()
+            .find(|p| std::fs::read(p).is_ok_and(|b| b == content))
+            .unwrap_or_else(|| panic!("{what}: its bytes are kept aside: {aside:?}"));
+        assert!(kept.is_file());
+    }
+
+    // A real database is kept as it is: nothing is set aside, nothing restored over it.
+    let before = set_aside(&db).len();
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open db");
+        conn.execute("DELETE FROM t WHERE x > 10", [])
+            .expect("a local change the replica does not have");
+    }
+    replication.restore(0, &db).await.expect("restore");
+    assert_eq!(rows_of(&db), 10, "an existing database is kept");
+    assert_eq!(set_aside(&db).len(), before);
 }

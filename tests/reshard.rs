@@ -12,6 +12,7 @@ use guildshard::reshard::plan::{generated_snowflakes, Plan};
 
 use crate::support::cluster::{self, activity_by_pod, logs};
 use crate::support::eventually::{eventually, patience};
+use crate::support::litestream::fake_litestream;
 
 /// Bound of one rescale (start, roll, converge); each step is itself bounded.
 const RESCALE_LIMIT: Duration = Duration::from_secs(60);
@@ -374,4 +375,123 @@ async fn a_scale_down_in_the_wrong_order_recovers_the_removed_pods_guilds_from_t
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.shutdown().await;
+}
+
+/// The replica fallback's restore may take as long as the replica needs while it makes
+/// progress (log lines, or its output growing), and is killed soon after it stops making any:
+/// a fixed limit either cuts off a big replica's restore or lets a hung one block the handoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restore_runs_while_it_progresses_and_is_killed_when_it_stalls() {
+    use guildshard::config::ReplicaPrefix;
+    use guildshard::reshard::replica::{restore_and_import, ReplicaConfig, Restored};
+    use guildshard::store::{Store, Write};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The departed pod's database, as the replica would bring it back.
+    let source = dir.path().join("departed/bot.db");
+    {
+        let departed = Store::open(&source).await.expect("open");
+        for (i, guild) in [GuildId(11), GuildId(12), GuildId(13)]
+            .into_iter()
+            .enumerate()
+        {
+            let id = (1_700_000_000_000u64 - 1_420_070_400_000) << 22 | i as u64;
+            departed
+                .apply(Write::MessageCreated {
+                    guild_id: guild,
+                    channel_id: 1,
+                    message_id: id,
+                    author_id: 2,
+                    author_is_bot: false,
+                    content: "hello".into(),
+                    created_at_ms: 1_700_000_000_000,
+                    outbox: vec![],
+                })
+                .await
+                .expect("write");
+        }
+        departed.close().await.expect("close");
+    }
+    let stall = Duration::from_secs(2);
+    let config = |binary: std::path::PathBuf| ReplicaConfig {
+        binary,
+        config: dir.path().join("litestream.yml"),
+        database_path: dir.path().join("pod/bot.db"),
+        scratch: dir.path().join("restore"),
+        stall_limit: stall,
+        prefix: ReplicaPrefix {
+            cluster: "test".into(),
+            namespace: "ns".into(),
+        },
+    };
+    let one_pod = Topology::new(Strategy::Md5, 1).expect("1");
+    // Each restore takes twice the stall limit, in steps of an eighth of it.
+    let progressing = [
+        (
+            "lines",
+            "i=0\nwhile [ $i -lt 16 ]; do echo \"restoring ltx $i\" >&2; sleep 0.25; i=$((i+1)); done\ncp \"$source\" \"$out\"",
+        ),
+        (
+            "grow",
+            "i=0\nwhile [ $i -lt 16 ]; do printf 'page' >> \"$out.tmp\"; sleep 0.25; i=$((i+1)); done\ncp \"$source\" \"$out\"\nrm -f \"$out.tmp\"",
+        ),
+    ];
+    for (name, body) in progressing {
+        let store = Store::open(dir.path().join(format!("pod-{name}/bot.db")))
+            .await
+            .expect("open");
+        let cfg = config(fake_litestream(dir.path(), name, &source, body));
+        let started = std::time::Instant::now();
+        let restored = restore_and_import(&cfg, &store, Ordinal(0), one_pod, Ordinal(1))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: a progressing restore must finish: {e}"));
+        assert!(
+            started.elapsed() > stall,
+            "{name}: the restore ran longer than the stall limit ({:?})",
+            started.elapsed()
+        );
+        assert_eq!(restored, Restored::Imported(3), "{name}");
+        assert_eq!(store.guilds_held(), 3, "{name}");
+        store.close().await.expect("close");
+    }
+
+    // One line, then nothing: killed once the stall limit passes, not after a fixed minutes-long
+    // limit, and reported as a failed restore (retried later, never counted as done).
+    let store = Store::open(dir.path().join("pod-stalled/bot.db"))
+        .await
+        .expect("open");
+    let pid_file = dir.path().join("stalled.pid");
+    let body = format!(
+        "echo $$ > '{}'\necho 'restoring snapshot' >&2\nexec sleep 600",
+        pid_file.display()
+    );
+    let cfg = config(fake_litestream(dir.path(), "stalled", &source, &body));
+    let started = std::time::Instant::now();
+    let err = restore_and_import(&cfg, &store, Ordinal(0), one_pod, Ordinal(1))
+        .await
+        .expect_err("a stalled restore fails");
+    let took = started.elapsed();
+    assert!(
+        took >= stall && took < stall * 5,
+        "killed after the stall limit: {took:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("gateway-1") && text.contains("no progress"),
+        "{text}"
+    );
+    assert_eq!(store.guilds_held(), 0);
+    let pid = std::fs::read_to_string(&pid_file).expect("the stand-in ran");
+    let alive = std::process::Command::new("kill")
+        .args(["-0", pid.trim()])
+        .status()
+        .expect("kill -0");
+    assert!(!alive.success(), "the stalled restore was killed");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("restore"))
+        .expect("scratch")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "no restored copy is left behind: {left:?}");
+    store.close().await.expect("close");
 }

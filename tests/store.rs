@@ -862,3 +862,185 @@ async fn a_delete_after_export_deletes_only_what_was_exported() {
     assert_eq!(store.message_ids(G2).await.unwrap(), vec![m[1]]);
     store.close().await.unwrap();
 }
+
+/// The pod runs `synchronous=NORMAL`, where a commit is not on disk until the next checkpoint.
+/// A guild import is acknowledged to the handoff, which then deletes the previous owner's copy,
+/// so it must be fsynced at its commit; ordinary writes keep the cheaper level.
+#[tokio::test]
+async fn a_guild_import_is_fsynced_at_commit_and_other_writes_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = reference(&dir).await;
+    let a = Store::open(&path).await.unwrap();
+    let export = a.export_guild(G).await.unwrap();
+    a.close().await.unwrap();
+
+    let b = Store::open(db(&dir, "b")).await.unwrap();
+    let Ids { m, .. } = ids();
+    let before = b
+        .apply(created(G2, CH, m[0], 5, false, "hi"))
+        .await
+        .unwrap();
+    assert!(!before.fsynced, "an event write commits at NORMAL");
+    let imported = b.apply(Write::ImportGuild(export.clone())).await.unwrap();
+    assert!(imported.changed);
+    assert!(imported.fsynced, "the import commits at FULL");
+    // A repeated import (nothing changes) is still reported durable: the handoff deletes
+    // after it just the same.
+    assert!(b.apply(Write::ImportGuild(export)).await.unwrap().fsynced);
+    let after = b
+        .apply(created(G2, CH, m[1], 5, false, "hi"))
+        .await
+        .unwrap();
+    assert!(
+        !after.fsynced,
+        "the connection is back at NORMAL after the import"
+    );
+    b.close().await.unwrap();
+
+    let conn = Connection::open(db(&dir, "b")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM activity WHERE guild_id = ?1",
+            [G.0],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(n > 0, "the import is in the file");
+}
+
+fn outbox_only_export(g: GuildId, rows: &[(&str, Option<u64>)]) -> GuildExport {
+    GuildExport {
+        format_version: guildshard::store::EXPORT_FORMAT_VERSION,
+        guild_id: g,
+        activity: vec![],
+        message_cache: vec![],
+        member_joins: vec![],
+        member_leaves: vec![],
+        mod_actions: vec![],
+        reports: vec![],
+        settings: None,
+        outbox: rows
+            .iter()
+            .map(|(key, sent)| guildshard::store::OutboxRow {
+                key: (*key).into(),
+                channel_id: CH,
+                body: json!({"content": key}).to_string(),
+                sent_message_id: *sent,
+            })
+            .collect(),
+    }
+}
+
+/// Sent outbox rows and DM-help records are kept only for the retention: a prune deletes the
+/// old ones, keeps unsent rows whatever their age and everything recent, and is idempotent.
+#[tokio::test]
+async fn retention_prunes_old_sent_outbox_rows_and_dm_help_records_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(db(&dir, "retention")).await.unwrap();
+    let now = T0 + 100 * DAY;
+    let cutoff = now - 30 * DAY;
+    let old = sf(now - 40 * DAY, 1);
+    let recent = sf(now - DAY, 2);
+    // G has an old sent post, a recent sent post and an old post never sent; G2 has only an
+    // old sent post, so it holds nothing once that is gone.
+    store
+        .apply(Write::ImportGuild(outbox_only_export(
+            G,
+            &[
+                ("old-sent", Some(old)),
+                ("recent-sent", Some(recent)),
+                ("old-unsent", None),
+            ],
+        )))
+        .await
+        .unwrap();
+    store
+        .apply(Write::ImportGuild(outbox_only_export(
+            G2,
+            &[("g2-old-sent", Some(old))],
+        )))
+        .await
+        .unwrap();
+    store
+        .apply(created(
+            G,
+            CH,
+            sf(now - 50 * DAY, 3),
+            9,
+            false,
+            "an old message",
+        ))
+        .await
+        .unwrap();
+    let dm = |day: i64| Write::DmHelp {
+        user_id: 7,
+        channel_id: 70,
+        day,
+        outbox: outbox(&format!("dm:7:{day}"), None, 70),
+    };
+    let (old_day, today) = (utc_day(now - 40 * DAY), utc_day(now));
+    assert!(store.apply(dm(old_day)).await.unwrap().changed);
+    assert!(store.apply(dm(today)).await.unwrap().changed);
+    store
+        .apply(Write::OutboxSent {
+            key: format!("dm:7:{old_day}"),
+            message_id: old,
+        })
+        .await
+        .unwrap();
+    let mut held = vec![G, G2];
+    held.sort();
+    assert_eq!(store.guild_ids().await.unwrap(), held);
+
+    let pruned = store
+        .apply(Write::Prune {
+            older_than_ms: cutoff,
+        })
+        .await
+        .unwrap();
+    // old-sent, g2-old-sent, the old DM's sent post, and the old day's DM record.
+    assert_eq!((pruned.pruned, pruned.changed), (4, true));
+    let keys: Vec<String> = store
+        .export_guild(G)
+        .await
+        .unwrap()
+        .outbox
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, ["recent-sent", "old-unsent"]);
+    let pending: Vec<String> = store
+        .pending_outbox(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(
+        pending,
+        ["old-unsent".to_string(), format!("dm:7:{today}")],
+        "unsent posts stay, whatever their age"
+    );
+    assert_eq!(
+        store.message_ids(G).await.unwrap().len(),
+        1,
+        "retention touches only the outbox and DM-help records"
+    );
+    assert_eq!(
+        store.guild_ids().await.unwrap(),
+        vec![G],
+        "a guild whose last rows were pruned is no longer held"
+    );
+
+    // Idempotent: nothing more to delete.
+    let again = store
+        .apply(Write::Prune {
+            older_than_ms: cutoff,
+        })
+        .await
+        .unwrap();
+    assert_eq!((again.pruned, again.changed), (0, false));
+    // Today's DM record stays: a second DM today still gets no second answer.
+    assert!(!store.apply(dm(today)).await.unwrap().changed);
+    store.close().await.unwrap();
+}

@@ -3,8 +3,8 @@
 //! `dev` command, and a deterministic traffic generator. Built to Discord's documented
 //! behaviour so that any client library (serenity 0.12 is the one tested) can't tell it apart.
 //!
-//! Level 1: uses only level-0 modules (`shutdown`, `reshard::plan`'s epoch); never the gateway,
-//! the HTTP service or the store.
+//! Level 1: uses only level-0 modules (`shutdown`, `ownership`'s Discord epoch, `calendar`);
+//! never the gateway, the HTTP service, the resharding code or the store.
 //!
 //! Everything is served on one listener: the gateway at `/` (clients connect to `<url>?v=10`),
 //! REST under `/api/v10`, the control API under `/control/v1`.

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pod;
 pub mod pod_count;
+pub mod retention;
 pub mod session_book;
 pub mod shard_map;
 
@@ -257,6 +258,9 @@ async fn run_pod(
     let background = Shutdown::new();
     let outbox = tokio::spawn(outbox::run(pod.clone(), background.cancelled()).in_current_span());
     let purge = tokio::spawn(purge_loop(pod.clone(), background.cancelled()).in_current_span());
+    let retention = tokio::spawn(
+        retention::run(store.clone(), cfg.retention, background.cancelled()).in_current_span(),
+    );
     let resharding = tokio::spawn(
         coordinator
             .clone()
@@ -307,6 +311,7 @@ async fn run_pod(
     background.trigger();
     let _ = outbox.await;
     let _ = purge.await;
+    let _ = retention.await;
     let _ = resharding.await;
     let _ = membership.await;
     let _ = following.await;
@@ -451,9 +456,11 @@ async fn drain(pod: &Pod, grace: Duration) {
 }
 
 /// Litestream restore settings for the replica fallback, when `LITESTREAM_CONFIG` names a
-/// configuration (`LITESTREAM_BIN` overrides the `litestream` executable).
+/// configuration (`LITESTREAM_BIN` overrides the `litestream` executable; the configuration
+/// check made sure the replica prefix is set then).
 fn replica_config(cfg: &GatewayConfig) -> Option<ReplicaConfig> {
     let config = cfg.litestream_config.clone()?;
+    let prefix = cfg.replica_prefix.clone()?;
     let binary = cfg.litestream_bin.clone();
     let scratch = cfg
         .database_path
@@ -465,6 +472,8 @@ fn replica_config(cfg: &GatewayConfig) -> Option<ReplicaConfig> {
         config,
         database_path: cfg.database_path.clone(),
         scratch,
+        stall_limit: cfg.restore_stall,
+        prefix,
     })
 }
 

@@ -4,8 +4,8 @@
 //! its resourceVersion history, and the fault switches tests use (broken watches, outages, RBAC
 //! refusals, deletion).
 //!
-//! Level 1: uses only level-0 modules (`shutdown`); never the store, the gateway, the HTTP
-//! service or the local cluster (which drives it through [`KubeApi`]).
+//! Level 1: uses only level-0 modules (`shutdown`, `calendar`); never the store, the gateway,
+//! the HTTP service or the local cluster (which drives it through [`KubeApi`]).
 //!
 //! # Faithful
 //! - Paths, verbs, `Status` errors (codes, reasons, the API server's wording), bearer-token

@@ -196,6 +196,9 @@ impl LocalCluster {
         )
         .await?;
         kube.write_kubeconfig(&cfg.data_dir.join("kubeconfig"))?;
+        // The replica path holds the namespace, as the pods' downward API gives it.
+        let mut cfg = cfg;
+        cfg.replication = cfg.replication.map(|r| r.in_namespace(kube.namespace()));
         let directory = Directory::default();
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
         let proxy_addr = proxy_listener.local_addr()?;

@@ -22,7 +22,10 @@ use tracing::warn;
 
 use super::objstore::{tool_command, ObjectStore};
 use super::tools::Tools;
-use crate::config::Secret;
+use crate::config::{ReplicaPrefix, Secret};
+
+/// The cluster name local clusters replicate under (`CLUSTER_NAME`).
+pub const LOCAL_CLUSTER_NAME: &str = "local";
 
 /// `litestream/litestream.yml`, as the ConfigMap carries it.
 pub const CONFIG_FILE: &str = include_str!("../../litestream/litestream.yml");
@@ -76,6 +79,7 @@ pub struct Replication {
     access_key: String,
     secret_key: Secret,
     interval: Duration,
+    prefix: ReplicaPrefix,
 }
 
 impl Replication {
@@ -101,7 +105,25 @@ impl Replication {
             access_key: store.access_key().to_owned(),
             secret_key: store.secret_key().clone(),
             interval,
+            // The Kubernetes API stand-in's namespace; a cluster in another namespace sets it
+            // with `in_namespace`.
+            prefix: ReplicaPrefix {
+                cluster: LOCAL_CLUSTER_NAME.to_owned(),
+                namespace: crate::kube_api::KubeApiConfig::default().namespace,
+            },
         })
+    }
+
+    /// The same settings for pods in `namespace` (`POD_NAMESPACE`, the replica path's second
+    /// segment).
+    pub fn in_namespace(mut self, namespace: &str) -> Replication {
+        namespace.clone_into(&mut self.prefix.namespace);
+        self
+    }
+
+    /// The replica paths' prefix (`<cluster>/<namespace>`).
+    pub fn prefix(&self) -> &ReplicaPrefix {
+        &self.prefix
     }
 
     /// The configuration file (`litestream.yml`).
@@ -131,6 +153,8 @@ impl Replication {
         [
             ("POD_ORDINAL", ordinal.to_string()),
             ("POD_NAME", format!("gateway-{ordinal}")),
+            ("CLUSTER_NAME", self.prefix.cluster.clone()),
+            ("POD_NAMESPACE", self.prefix.namespace.clone()),
             ("DATABASE_PATH", db.display().to_string()),
             ("LITESTREAM_BIN", self.litestream.display().to_string()),
             ("LITESTREAM_BUCKET", self.bucket.clone()),

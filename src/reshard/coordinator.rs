@@ -442,7 +442,31 @@ impl Coordinator {
         Ok(())
     }
 
+    /// One round of the handoff: pull what peers hold for this pod, then restore departed
+    /// ordinals' replicas. The restore runs whatever the pulls did: a departed pod's replica is
+    /// the only copy of its guilds, and one guild a live peer keeps failing to export must not
+    /// keep those from ever coming back. A pull failure is still the error reported.
     async fn handoff_round(&self, current: Topology, reports: &Reports) -> Result<(), Error> {
+        let pulled = self.pull_round(current, reports).await;
+        if pulled.is_ok() {
+            self.progress_mut().last_error = None;
+        }
+        let restored = self.restore_departed(current, reports).await;
+        match (pulled, restored) {
+            (Err(pull), Err(restore)) => {
+                // Both are logged; one error is reported, and the pull's is the one a retry
+                // next round may clear (a failed restore waits `RESTORE_RETRY`).
+                self.fail(&restore);
+                Err(pull)
+            }
+            (Err(err), Ok(())) | (Ok(()), Err(err)) => Err(err),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    }
+
+    /// Pulls every guild this pod owns from the peers that hold it. One guild's failure does
+    /// not stop the others; the first failure is returned once all were tried.
+    async fn pull_round(&self, current: Topology, reports: &Reports) -> Result<(), Error> {
         let me = self.me();
         // Peers that would refuse a delete (they still process their previous guilds, or cover
         // this pod) are left for a later round instead of exporting to them over and over.
@@ -501,11 +525,7 @@ impl Coordinator {
                 }
             }
         }
-        if let Some(err) = failed {
-            return Err(err);
-        }
-        self.progress_mut().last_error = None;
-        self.restore_departed(current, reports).await
+        failed.map_or(Ok(()), Err)
     }
 
     async fn pull_one(&self, from: Ordinal, guild: GuildId) -> Result<bool, Error> {

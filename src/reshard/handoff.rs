@@ -1,9 +1,10 @@
-//! Moving one guild's copy from a peer to this pod: export there → import here (committed) →
-//! delete there, only if the peer's copy is still what was exported (the export carries the
-//! version of the guild's rows, and the delete names it). Each step is idempotent, so the move
-//! can be cut at any point (kill -9 of either side) and simply run again: a repeated import
-//! merges to the same rows, and the peer keeps its copy until the delete succeeds. A peer that
-//! wrote to the guild after the export refuses the delete, and the next pull takes the rest.
+//! Moving one guild's copy from a peer to this pod: export there → import here (committed and
+//! fsynced) → delete there, only if the peer's copy is still what was exported (the export
+//! carries the version of the guild's rows, and the delete names it). Each step is idempotent,
+//! so the move can be cut at any point (kill -9 of either side, or a power loss here) and
+//! simply run again: a repeated import merges to the same rows, and the peer keeps its copy
+//! until the delete succeeds. A peer that wrote to the guild after the export refuses the
+//! delete, and the next pull takes the rest.
 
 use tracing::{debug, info};
 
@@ -45,8 +46,15 @@ pub async fn pull(
     };
     let rows = export.rows();
     if rows > 0 {
-        // `apply` returns once the batch holding the import has committed.
-        store.apply(Write::ImportGuild(export)).await?;
+        // `apply` returns once the batch holding the import has committed, and an import is
+        // committed with an fsync: the peer deletes its copy next, so the import must survive
+        // a power loss here, not only a crash of this process.
+        let applied = store.apply(Write::ImportGuild(export)).await?;
+        if !applied.fsynced {
+            return Err(Error::Store(crate::store::Error::Commit(
+                "the import was committed without an fsync; the peer keeps its copy".into(),
+            )));
+        }
     }
     match peers.delete(from, guild, version).await? {
         Deleted::Yes => {

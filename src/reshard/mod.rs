@@ -90,6 +90,7 @@ pub mod replica;
 pub mod statefulset;
 pub mod status;
 pub mod topology;
+pub mod watchdog;
 
 /// Why a resharding step failed. Every step is retried on the next round.
 #[derive(Debug, thiserror::Error)]

@@ -1,19 +1,23 @@
 //! Recovering the guilds of a departed ordinal (removed before it drained, or whose volume is
 //! gone) from its Litestream replica: `litestream restore -o <tmp>` with `POD_ORDINAL=<k>`
-//! (the replica path is `gateway-$POD_ORDINAL`), then import the guilds this pod owns.
+//! (the replica path is `$CLUSTER_NAME/$POD_NAMESPACE/gateway-$POD_ORDINAL`), then import the
+//! guilds this pod owns. The restore may run as long as it makes progress ([`watchdog`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tracing::info;
 
+use crate::config::{ReplicaPrefix, ENV_CLUSTER_NAME, ENV_POD_NAMESPACE};
 use crate::ownership::{owner, Ordinal, Topology};
 use crate::store::{Store, StoreOptions, Write};
 
-use super::Error;
+use super::{watchdog, Error};
 
-/// How long one restore may take.
-const RESTORE_LIMIT: Duration = Duration::from_secs(120);
+/// How long a restore may show no progress (no output growth, no log line) before it is
+/// killed, unless configured otherwise. A restore that keeps progressing may take as long as
+/// the replica needs.
+pub const DEFAULT_RESTORE_STALL: Duration = Duration::from_secs(60);
 
 /// How to run Litestream for a restore.
 #[derive(Clone, Debug)]
@@ -27,6 +31,11 @@ pub struct ReplicaConfig {
     pub database_path: PathBuf,
     /// A directory for the temporary restored copies.
     pub scratch: PathBuf,
+    /// How long a restore may show no progress before it is killed and counted as failed.
+    pub stall_limit: Duration,
+    /// The cluster and namespace the configuration's replica path starts with (given to
+    /// Litestream as `CLUSTER_NAME` and `POD_NAMESPACE`, as the pod spec gives them).
+    pub prefix: ReplicaPrefix,
 }
 
 /// What a restore brought back.
@@ -71,12 +80,22 @@ pub async fn restore_and_import(
         .arg(&cfg.database_path)
         .env("POD_ORDINAL", departed.0.to_string())
         .env("DATABASE_PATH", &cfg.database_path)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(RESTORE_LIMIT, cmd.output())
+        .env(ENV_CLUSTER_NAME, &cfg.prefix.cluster)
+        .env(ENV_POD_NAMESPACE, &cfg.prefix.namespace);
+    let out = watchdog::run(cmd, &tmp, cfg.stall_limit)
         .await
-        .map_err(|_| fail(format!("litestream restore took over {RESTORE_LIMIT:?}")))?
-        .map_err(|e| fail(format!("running {}: {e}", cfg.binary.display())))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .map_err(|e| match e {
+            watchdog::Error::Io(e) => fail(format!("running {}: {e}", cfg.binary.display())),
+            stalled => fail(format!("litestream restore: {stalled}")),
+        });
+    let out = match out {
+        Ok(out) => out,
+        Err(err) => {
+            remove_copy(&tmp);
+            return Err(err);
+        }
+    };
+    let stderr = &out.stderr;
     if !out.status.success() || !tmp.exists() {
         if stderr.contains("no matching backup") || out.status.success() {
             return Err(Error::ReplicaMissing {
@@ -91,15 +110,20 @@ pub async fn restore_and_import(
         )));
     }
     let result = import_owned(&tmp, store, me, topology).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
-    }
+    remove_copy(&tmp);
     let imported = result?;
     info!(
         imported,
         "guilds restored from a departed ordinal's replica"
     );
     Ok(Restored::Imported(imported))
+}
+
+/// Removes a restored copy and whatever Litestream or SQLite left beside it.
+fn remove_copy(tmp: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", ".tmp"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+    }
 }
 
 /// Where the configuration puts `departed`'s replica, for the operator: the `type`, `bucket`
@@ -112,6 +136,8 @@ fn replica_location(cfg: &ReplicaConfig, departed: Ordinal) -> String {
     let var = |name: &str| match name {
         "POD_ORDINAL" => departed.0.to_string(),
         "DATABASE_PATH" => cfg.database_path.display().to_string(),
+        ENV_CLUSTER_NAME => cfg.prefix.cluster.clone(),
+        ENV_POD_NAMESPACE => cfg.prefix.namespace.clone(),
         _ => std::env::var(name).unwrap_or_default(),
     };
     let mut found: Vec<(String, String)> = Vec::new();
@@ -213,7 +239,8 @@ mod tests {
         std::fs::write(
             &config,
             "# the path: gateway-${POD_ORDINAL}\ndbs:\n  - path: ${DATABASE_PATH}\n    replica:\n      \
-             type: s3\n      bucket: replicas-prod\n      path: gateway-${POD_ORDINAL}\n",
+             type: s3\n      bucket: replicas-prod\n      \
+             path: ${CLUSTER_NAME}/${POD_NAMESPACE}/gateway-${POD_ORDINAL}\n",
         )
         .expect("write");
         let cfg = ReplicaConfig {
@@ -221,10 +248,15 @@ mod tests {
             config,
             database_path: "/data/bot.db".into(),
             scratch: dir.path().into(),
+            stall_limit: DEFAULT_RESTORE_STALL,
+            prefix: ReplicaPrefix {
+                cluster: "eu-1".into(),
+                namespace: "bots".into(),
+            },
         };
         assert_eq!(
             replica_location(&cfg, Ordinal(4)),
-            "s3://replicas-prod/gateway-4"
+            "s3://replicas-prod/eu-1/bots/gateway-4"
         );
         assert_eq!(expand("a-$X-${Y}z", |v| v.to_lowercase()), "a-x-yz");
     }

@@ -1,7 +1,8 @@
 //! DM help replies: at most one per user per UTC day (ordinal 0 answers DMs). No guild data.
 //!
 //! Merge rule: keyed by (user, day), `INSERT OR IGNORE`; the first insert of the day is the one
-//! that says "reply".
+//! that says "reply". A record only matters on its own day, so [`prune`] deletes the days older
+//! than the retention.
 
 use rusqlite::{params, Connection};
 
@@ -15,4 +16,12 @@ pub(crate) fn record(conn: &Connection, user: u64, channel: u64, day: i64) -> Re
         )?
         .execute(params![user, day, channel])?;
     Ok(n > 0)
+}
+
+/// Deletes the records of days before `before_day`; returns how many.
+pub(crate) fn prune(conn: &Connection, before_day: i64) -> Result<usize, Error> {
+    let n = conn
+        .prepare_cached("DELETE FROM dm_help WHERE day < ?1")?
+        .execute([before_day])?;
+    Ok(n)
 }

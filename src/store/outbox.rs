@@ -6,6 +6,11 @@
 //! (on a merge, the smaller). A sender task lists pending rows (`Store::pending_outbox`) oldest
 //! first (insertion order) and posts each with a Discord nonce derived from the key. Rows of a
 //! guild move with the guild; DM rows have no guild.
+//!
+//! Retention: a sent row is kept only to make a replay of its event a no-op, which matters for
+//! minutes (replays, overlap during a rollout or a cover), not months; [`prune_sent`] deletes
+//! rows whose post is older than the retention (its time is in the posted message's
+//! snowflake, so no column is needed). Unsent rows are never pruned.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -106,6 +111,19 @@ pub(crate) fn mark_sent(
         .query_row(params![key, message_id], |r| r.get::<_, Option<u64>>(0))
         .optional()?;
     Ok(marked)
+}
+
+/// Deletes sent rows whose posted message is older than `before_ms` (Unix); returns the guild of
+/// each deleted row (`None` for DMs).
+pub(crate) fn prune_sent(conn: &Connection, before_ms: u64) -> Result<Vec<Option<u64>>, Error> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM outbox WHERE sent_message_id IS NOT NULL AND sent_message_id < ?1
+         RETURNING guild_id",
+    )?;
+    let guilds = stmt
+        .query_map([super::first_snowflake_at(before_ms)], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(guilds)
 }
 
 /// Unsent rows, oldest first.

@@ -189,6 +189,13 @@ pub enum Write {
         /// The cutoff (Unix ms); messages whose snowflake time is earlier are dropped.
         older_than_ms: u64,
     },
+    /// Deletes what is kept only for a while: outbox rows whose post (the time in the posted
+    /// message's snowflake) is older than `older_than_ms`, and DM-help records of UTC days
+    /// before it. Unsent outbox rows stay, whatever their age. Idempotent.
+    Prune {
+        /// The cutoff (Unix ms).
+        older_than_ms: u64,
+    },
     /// Merges a guild export with the same rules as live writes.
     ImportGuild(GuildExport),
     /// Removes every row of a guild from every guild table.
@@ -231,8 +238,18 @@ impl Write {
             Write::DmHelp { .. }
             | Write::OutboxSent { .. }
             | Write::PurgeMessageContent { .. }
+            | Write::Prune { .. }
             | Write::SetMeta { .. } => None,
         }
+    }
+
+    /// Whether the transaction holding this write must reach the disk (fsync) before its
+    /// caller is answered. The pod runs `synchronous=NORMAL`, where a commit survives a crash
+    /// of the process but not of the machine until the next checkpoint. That is enough for
+    /// events (Discord and the peers resend them), but not for a guild import: once it is
+    /// acknowledged the previous owner deletes its copy, so a power loss would lose the guild.
+    pub fn needs_fsync(&self) -> bool {
+        matches!(self, Write::ImportGuild(_))
     }
 
     /// A short name for logs and metrics.
@@ -250,6 +267,7 @@ impl Write {
             Write::DmHelp { .. } => "dm_help",
             Write::OutboxSent { .. } => "outbox_sent",
             Write::PurgeMessageContent { .. } => "purge_message_content",
+            Write::Prune { .. } => "prune",
             Write::ImportGuild(_) => "import_guild",
             Write::DeleteGuild(_) => "delete_guild",
             Write::DeleteGuildIfUnchanged { .. } => "delete_guild_if_unchanged",
@@ -267,4 +285,12 @@ pub struct Applied {
     pub report_count: Option<u64>,
     /// How many outbox rows were newly enqueued (0 for a replay).
     pub outbox_enqueued: usize,
+    /// For [`Write::Prune`]: how many rows it deleted.
+    #[serde(default)]
+    pub pruned: usize,
+    /// Whether the transaction holding the write was fsynced at commit (`synchronous=FULL`,
+    /// read back from the connection just before the commit). Always true for a write that
+    /// [`Write::needs_fsync`]; true for any other write that shared its batch.
+    #[serde(default)]
+    pub fsynced: bool,
 }

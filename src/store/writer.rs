@@ -33,6 +33,9 @@ const LATENCY_BOUNDS_US: [u64; 12] = [
 
 type Reply = oneshot::Sender<Result<Applied, Error>>;
 
+/// `PRAGMA synchronous` value of FULL (EXTRA, 3, is stricter still).
+const SYNCHRONOUS_FULL: i64 = 2;
+
 enum Msg {
     Write(Box<Write>, Reply),
     Close(oneshot::Sender<()>),
@@ -284,7 +287,14 @@ impl Worker {
                 Err(_) => return Ok(Attempt::WriteFailed),
             }
         }
+        // Read back inside the transaction, so a caller told "fsynced" was told what SQLite
+        // really did at this commit, not what was asked for.
+        let level: i64 = tx.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
         tx.commit()?;
+        let fsynced = level >= SYNCHRONOUS_FULL;
+        for applied in results.iter_mut().flatten() {
+            applied.fsynced = fsynced;
+        }
         Ok(Attempt::Committed {
             results,
             changes,
@@ -292,15 +302,45 @@ impl Worker {
         })
     }
 
+    /// Runs `attempt` with `synchronous=FULL` when a write of the batch needs its commit on
+    /// disk ([`Write::needs_fsync`]), then puts the connection's level back. SQLite refuses to
+    /// change the level inside a transaction, so it is switched around the whole batch (and its
+    /// retry); in WAL mode FULL fsyncs the log at commit, which also covers every earlier
+    /// commit still in it.
+    fn attempt_durably(
+        &mut self,
+        batch: &[(Box<Write>, Reply)],
+    ) -> Result<Attempt, rusqlite::Error> {
+        let needs_fsync = batch.iter().any(|(w, _)| w.needs_fsync());
+        let restore = if needs_fsync {
+            let level: i64 = self
+                .conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+            self.conn
+                .pragma_update(None, "synchronous", SYNCHRONOUS_FULL)?;
+            Some(level)
+        } else {
+            None
+        };
+        let outcome = match self.attempt(batch, false) {
+            // A write failed: run the batch again with a savepoint per write, so that write
+            // fails alone and the others commit.
+            Ok(Attempt::WriteFailed) => self.attempt(batch, true),
+            other => other,
+        };
+        if let Some(level) = restore {
+            if let Err(err) = self.conn.pragma_update(None, "synchronous", level) {
+                // Only costs fsyncs on later commits; the batch itself is settled.
+                tracing::warn!(cause = %err, "could not restore the synchronous level");
+            }
+        }
+        outcome
+    }
+
     fn commit(&mut self, batch: Vec<(Box<Write>, Reply)>) {
         let started = Instant::now();
         let size = batch.len() as u64;
-        let outcome = match self.attempt(&batch, false) {
-            // A write failed: run the batch again with a savepoint per write, so that write
-            // fails alone and the others commit.
-            Ok(Attempt::WriteFailed) => self.attempt(&batch, true),
-            other => other,
-        };
+        let outcome = self.attempt_durably(&batch);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let s = &self.stats;
         s.commit_us_sum.fetch_add(micros, Ordering::Relaxed);
@@ -554,6 +594,20 @@ fn apply_one(
                 .transpose()?
                 .map(Change::Rescanned);
             *cutoff = Some(new);
+            None
+        }
+        Write::Prune { older_than_ms } => {
+            let sent = outbox::prune_sent(conn, *older_than_ms)?;
+            let days = dm_help::prune(conn, super::utc_day(*older_than_ms))?;
+            applied.pruned = sent.len() + days;
+            applied.changed = applied.pruned > 0;
+            // Outbox rows may have been all some guild had left.
+            change = sent
+                .iter()
+                .any(Option::is_some)
+                .then(|| guilds::guild_ids(conn))
+                .transpose()?
+                .map(Change::Rescanned);
             None
         }
         Write::ImportGuild(export) => {

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod eventually;
+pub mod litestream;
 pub mod objstore;
 pub mod process;
 pub mod windows;

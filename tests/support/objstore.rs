@@ -155,6 +155,11 @@ pub fn start_object_store(dir: &Path) -> ObjectStore {
         .unwrap_or_else(|e| panic!("SeaweedFS did not start: {e}"))
 }
 
+/// The cluster name [`Litestream`] replicates under.
+pub const TEST_CLUSTER: &str = "test-cluster";
+/// The namespace [`Litestream`] replicates under.
+pub const TEST_NAMESPACE: &str = "test-ns";
+
 /// Litestream for one database and one ordinal against an [`ObjectStore`], configured by the
 /// repository's `litestream/litestream.yml` through the environment variables it expands.
 #[derive(Debug, Clone)]
@@ -174,12 +179,15 @@ impl Litestream {
         repo_root().join("litestream/entrypoint.sh")
     }
 
-    /// Litestream for the database at `db`, replicating to `gateway-<ordinal>/` in `store`'s
-    /// bucket, with 100 ms monitor and sync intervals so tests are quick.
+    /// Litestream for the database at `db`, replicating to
+    /// `<TEST_CLUSTER>/<TEST_NAMESPACE>/gateway-<ordinal>/` in `store`'s bucket, with 100 ms
+    /// monitor and sync intervals so tests are quick.
     pub fn new(store: &ObjectStore, db: &Path, ordinal: u32) -> Litestream {
         let env = [
             ("DATABASE_PATH", db.display().to_string()),
             ("POD_ORDINAL", ordinal.to_string()),
+            ("CLUSTER_NAME", TEST_CLUSTER.to_owned()),
+            ("POD_NAMESPACE", TEST_NAMESPACE.to_owned()),
             ("LITESTREAM_BUCKET", store.bucket().to_owned()),
             ("LITESTREAM_S3_ENDPOINT", store.endpoint()),
             ("LITESTREAM_S3_REGION", "us-east-1".to_owned()),
