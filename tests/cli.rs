@@ -161,7 +161,7 @@ fn dev_runs_the_local_cluster_and_stops_cleanly() {
             std::fs::read_to_string(data.join(format!("logs/gateway-{ordinal}-litestream.log")))
                 .unwrap_or_default();
         assert!(
-            log.contains(&format!("path=gateway-{ordinal}")) && log.contains("litestream shut down"),
+            log.contains("path=local/") && log.contains(&format!("/gateway-{ordinal}")) && log.contains("litestream shut down"),
             "gateway-{ordinal}'s sidecar replicated to its own path and stopped with a final sync:\n{log}"
         );
     }

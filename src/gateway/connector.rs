@@ -358,14 +358,27 @@ impl Connectors {
     }
 
     /// Waits until peers have taken every shard of this pod (it stopped taking part), at most
-    /// `limit`.
+    /// `limit`. Returns early, `false`, once no live peer is left to take them (the whole
+    /// cluster is stopping): their sessions are then closed resumably and saved instead.
     pub async fn await_handed_over(&self, limit: Duration) -> bool {
         let handed = async {
-            while !lock(&self.running).is_empty() {
+            // Peers see this pod `stopping` at their next poll; give them that long before
+            // concluding from an empty live set.
+            let mut grace = 4;
+            loop {
+                if lock(&self.running).is_empty() {
+                    return true;
+                }
+                if self.members.borrow().live.is_empty() {
+                    if grace == 0 {
+                        return false;
+                    }
+                    grace -= 1;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        tokio::time::timeout(limit, handed).await.is_ok()
+        tokio::time::timeout(limit, handed).await.unwrap_or(false)
     }
 
     /// Whether this pod connects `shard` under its current view.
