@@ -93,8 +93,8 @@ pub async fn run(opts: DevOptions, shutdown: Shutdown) -> Result<(), Error> {
         log_dir: opts.data_dir.join("logs"),
         emulator: EmulatorConfig {
             guilds: opts.guilds,
-            // Every pod identifies the same shards; Discord's 5 s identify bucket would make
-            // pods wait for each other at start, which tells a developer nothing.
+            // Discord's 5 s identify window would make a developer wait 5 s per shard at start,
+            // which tells them nothing.
             identify_window_ms: 0,
             ..EmulatorConfig::default()
         },

@@ -565,9 +565,7 @@ impl ShardRun {
         ShardAcks::write(&self.acks, |a| a.restart(0));
         ShardAcks::received(&self.acks, seq, 0);
         self.had_session = true;
-        pod.metrics.identifies.inc();
         pod.metrics.gateway_ready.inc();
-        pod.identifies.fetch_add(1, Ordering::Relaxed);
         info!(session = ?session.as_ref().map(|s| &s.0), "gateway session started");
         self.connectors.publish();
     }

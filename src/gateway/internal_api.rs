@@ -208,7 +208,7 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
         events_owned: totals.owned.load(Ordering::Relaxed),
         events_handled: totals.handled.load(Ordering::Relaxed),
         db_size_bytes: pod.store.db_size_bytes().await.unwrap_or(0),
-        identifies: pod.identifies.load(Ordering::Relaxed),
+        identifies: pod.metrics.gateway_ready.get(),
         last_error: pod.last_error(),
         covering: pod.ownership.covering().into_iter().collect(),
         handoff,

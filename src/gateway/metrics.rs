@@ -64,8 +64,6 @@ pub struct Metrics {
     /// Shard sessions that ended without a resume: the dispatches Discord had not sent yet
     /// are lost (a real gap; should stay 0).
     pub session_gaps: Counter,
-    /// IDENTIFYs this pod's shards sent (sessions started).
-    pub identifies: Counter,
     /// Times a shard reader waited because an owner's delivery queue was full.
     pub delivery_queue_full: Counter,
     /// Deliveries to an owner that failed (unreachable, stopping) and were sent again.
@@ -107,7 +105,6 @@ impl Metrics {
             interactions_abandoned: Counter::default(),
             guilds_owned: Gauge::default(),
             session_gaps: Counter::default(),
-            identifies: Counter::default(),
             delivery_queue_full: Counter::default(),
             delivery_failed: Counter::default(),
             events_delivered: Family::default(),
@@ -178,11 +175,6 @@ impl Metrics {
             "gateway_session_gaps",
             "Shard sessions that could not be resumed: dispatches after the last acknowledged one may be lost",
             m.session_gaps.clone(),
-        );
-        registry.register(
-            "gateway_identifies",
-            "IDENTIFYs sent by this pod's shards",
-            m.identifies.clone(),
         );
         registry.register(
             "gateway_delivery_queue_full",

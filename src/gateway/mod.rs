@@ -37,7 +37,7 @@ pub mod retention;
 pub mod session_book;
 pub mod shard_map;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -209,7 +209,6 @@ async fn run_pod(
         members,
         peers: peers.clone(),
         gaps: Mutex::default(),
-        identifies: AtomicU64::new(0),
         guilds: Mutex::new(pod::SeenGuilds::default()),
         held_foreign: Mutex::new(None),
         last_error: Mutex::new(None),

@@ -2,7 +2,7 @@
 //! background tasks.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,8 +56,6 @@ pub struct Pod {
     pub peers: crate::reshard::peers::Peers,
     /// Shard sessions that could not be resumed since start, newest last.
     pub gaps: Mutex<std::collections::VecDeque<crate::wire::SessionGap>>,
-    /// IDENTIFYs sent (sessions started) since the pod started.
-    pub identifies: AtomicU64,
     /// Guilds this pod has seen a GUILD_CREATE for and processes, and how many of them it owns
     /// under the topology the count was taken for (recounted when the topology changes).
     pub guilds: Mutex<SeenGuilds>,
