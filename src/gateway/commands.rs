@@ -29,6 +29,7 @@ use crate::commands::{self, permissions};
 use crate::gateway::features::deletion_log::log_body;
 use crate::gateway::features::{excerpt, now_ms, snowflake_ms};
 use crate::gateway::pod::Pod;
+use crate::gateway::reads;
 use crate::ownership::GuildId;
 use crate::store::{OutboxMessage, Write};
 use crate::wire::InteractionOutcome;
@@ -258,7 +259,9 @@ async fn stats(pod: &Pod, guild: GuildId, i: &CommandInteraction) -> Result<Repl
     if sub == "server" {
         let days = days_option(sub_options, 7, 90);
         let since = now_ms().saturating_sub(days * DAY_MS);
-        let rows = pod.store.server_stats(guild, since).await?;
+        let rows = reads::history(pod, guild)
+            .server_stats(guild, since)
+            .await?;
         let (messages, joined, left) = rows.iter().fold((0, 0, 0), |(m, j, l), r| {
             (m + r.messages, j + r.joined, l + r.left)
         });
@@ -278,7 +281,9 @@ async fn stats(pod: &Pod, guild: GuildId, i: &CommandInteraction) -> Result<Repl
         _ => i.user.id.get(),
     };
     let since = now_ms().saturating_sub(30 * DAY_MS);
-    let s = pod.store.user_stats(guild, user, since).await?;
+    let s = reads::history(pod, guild)
+        .user_stats(guild, user, since)
+        .await?;
     let text = if s.messages == 0 {
         format!("📊 <@{user}> has sent no messages here in the last 30 days.")
     } else {
@@ -299,8 +304,7 @@ async fn leaderboard(
     i: &CommandInteraction,
 ) -> Result<Reply, CommandError> {
     let days = days_option(&i.data.options, 7, 365);
-    let rows = pod
-        .store
+    let rows = reads::history(pod, guild)
         .leaderboard(guild, now_ms().saturating_sub(days * DAY_MS), 10)
         .await?;
     if rows.is_empty() {
@@ -325,7 +329,7 @@ async fn modlog(pod: &Pod, guild: GuildId, i: &CommandInteraction) -> Result<Rep
         return Ok(Reply::private("Please choose a member.".into()));
     };
     let user = user.get();
-    let log = pod.store.modlog(guild, user, 10).await?;
+    let log = reads::history(pod, guild).modlog(guild, user, 10).await?;
     let mut text = format!(
         "📁 <@{user}>: **{}** reports, **{}** mod actions",
         log.report_count,
@@ -365,7 +369,7 @@ async fn setup(pod: &Pod, guild: GuildId, i: &CommandInteraction) -> Result<Repl
     };
     let (mod_log, deletion_log) = (channel("mod-log"), channel("deletion-log"));
     if mod_log.is_none() && deletion_log.is_none() {
-        let s = pod.store.settings(guild).await?;
+        let s = reads::settings(pod, guild).await?;
         return Ok(Reply::private(format!(
             "Current setup: mod-log {}, deletion-log {}. Pass a channel to change one.",
             mention_channel(s.mod_log_channel),
@@ -381,7 +385,7 @@ async fn setup(pod: &Pod, guild: GuildId, i: &CommandInteraction) -> Result<Repl
             outbox: Vec::new(),
         })
         .await?;
-    let s = pod.store.settings(guild).await?;
+    let s = reads::settings(pod, guild).await?;
     Ok(Reply::private(format!(
         "✅ Saved. Mod-log: {}, deletion-log: {}.",
         mention_channel(s.mod_log_channel),
@@ -414,10 +418,13 @@ async fn report(pod: &Pod, guild: GuildId, i: &CommandInteraction) -> Result<Rep
         return Ok(Reply::private("You can't report your own message.".into()));
     }
     let content_excerpt = excerpt(&message.content, 300);
-    let settings = pod.store.settings(guild).await?;
+    let settings = reads::settings(pod, guild).await?;
     // The post names the report's number, so count before writing; the store enqueues the post
     // only with the first report of this message by this reporter, so a repeat posts nothing.
-    let before = pod.store.modlog(guild, reported, 0).await?.report_count;
+    let before = reads::history(pod, guild)
+        .modlog(guild, reported, 0)
+        .await?
+        .report_count;
     let outbox = settings
         .mod_log_channel
         .map(|mod_log| OutboxMessage {

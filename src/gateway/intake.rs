@@ -4,7 +4,9 @@
 //!
 //! A dispatch of a guild this pod does not process under its view is answered
 //! [`Delivery::NotMine`] and not acknowledged: the connector keeps it and tries again where
-//! its view says (the two views agree again within a status poll or two).
+//! its view says (the two views agree again within a status poll or two). So is a dispatch of
+//! a peer this pod covers while the peer's settings are still being restored
+//! ([`crate::reshard::cover_copy`]).
 //!
 //! Dispatches of one guild are handled in the order they came; different guilds in parallel.
 
@@ -58,6 +60,13 @@ pub async fn take(pod: &Pod, batch: &[Routed<'_>]) -> Result<Vec<Delivery>, Clos
         };
         if !pod.ownership.processes(guild) {
             continue;
+        }
+        // A covered peer's dispatches wait at the connectors until this pod has the peer's
+        // settings, so every post is decided as the owner would have decided it.
+        if let Some(covered) = pod.ownership.covered_owner(guild) {
+            if !pod.coordinator.cover_copies().ready(covered) {
+                continue;
+            }
         }
         let g = *group_of.entry(guild).or_insert_with(|| {
             groups.push(Vec::new());

@@ -315,10 +315,30 @@ async fn interaction(
     // The caller's clock started when it sent the request: count from this pod's arrival
     // (before pulling a guild, above), so the answer comes before the caller's timeout.
     let arrived = arrival.map_or_else(Instant::now, |Extension(a)| a.0);
+    if let Some(covered) = state.pod.ownership.covered_owner(guild) {
+        wait_for_cover_copy(&state.pod, covered, arrived + deadline).await?;
+    }
     commands::execute_within(state.pod.clone(), command, arrived + deadline)
         .await
         .map(Json)
         .map_err(|too_late| ApiError::TooLate(too_late.to_string()))
+}
+
+/// A cover decides nothing for a covered guild before it has the owner's settings: waits for
+/// the owner's copy ([`crate::reshard::cover_copy`]) while the deadline allows, else answers
+/// "too late" with nothing done (the caller says "try again in a moment").
+async fn wait_for_cover_copy(pod: &Pod, covered: Ordinal, until: Instant) -> Result<(), ApiError> {
+    const POLL: Duration = Duration::from_millis(50);
+    let copies = pod.coordinator.cover_copies();
+    while !copies.ready(covered) {
+        if Instant::now() + POLL >= until {
+            return Err(ApiError::TooLate(format!(
+                "the settings of gateway-{covered}, which this pod covers, are still being restored"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
 }
 
 async fn export(
@@ -442,6 +462,7 @@ async fn metrics(State(pod): State<Arc<Pod>>) -> impl IntoResponse {
                 transitioning: pod.ownership.processing().transitioning(),
                 topology_source_up: pod.topology_source.connected(),
                 wal_bytes: pod.store.wal_bytes(),
+                cover_copies: pod.coordinator.cover_copies().counts(),
             },
         ),
     )

@@ -278,6 +278,8 @@ pub struct Resharding {
     pub topology_source_up: bool,
     /// The SQLite WAL's size, bytes.
     pub wal_bytes: u64,
+    /// Covered peers by where their restored copy stands.
+    pub cover_copies: crate::reshard::cover_copy::CopyCounts,
 }
 
 fn encode_resharding(out: &mut String, pod: &str, r: &Resharding) -> std::fmt::Result {
@@ -339,6 +341,21 @@ fn encode_resharding(out: &mut String, pod: &str, r: &Resharding) -> std::fmt::R
         writeln!(
             out,
             "# HELP {name} {help}.\n# TYPE {name} gauge\n{name}{{pod=\"{pod}\"}} {value}"
+        )?;
+    }
+    let c = &r.cover_copies;
+    writeln!(
+        out,
+        "# HELP guildshard_cover_copies Covered peers by their restored copy (settings, message cache): pulling, ready, or without one (posts for their guilds may be missing).\n# TYPE guildshard_cover_copies gauge"
+    )?;
+    for (state, value) in [
+        ("pulling", c.pulling),
+        ("ready", c.ready),
+        ("without", c.without),
+    ] {
+        writeln!(
+            out,
+            "guildshard_cover_copies{{pod=\"{pod}\",state=\"{state}\"}} {value}"
         )?;
     }
     Ok(())

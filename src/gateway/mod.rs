@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pod;
 pub mod pod_count;
+pub mod reads;
 pub mod retention;
 pub mod session_book;
 pub mod shard_map;
@@ -314,6 +315,7 @@ async fn run_pod(
     let _ = resharding.await;
     let _ = membership.await;
     let _ = following.await;
+    coordinator.cover_copies().close().await;
     store.close().await?;
     servers.trigger();
     let _ = public.await;

@@ -14,6 +14,7 @@ use crate::ownership::{owner, GuildId, Ordinal, Topology};
 use crate::store::{Store, Write};
 use crate::wire::{HandoffProgress, StatusReport};
 
+use super::cover_copy::CoverCopies;
 use super::handoff::{self, Pulled};
 use super::peers::Peers;
 use super::replica::{self, ReplicaConfig, Restored};
@@ -117,6 +118,8 @@ pub struct Coordinator {
     store: Store,
     peers: Peers,
     replica: Option<ReplicaConfig>,
+    /// Restored copies of the peers this pod covers (their settings and message cache).
+    cover_copies: Arc<CoverCopies>,
     progress: Mutex<HandoffProgress>,
     /// For each guild this pod owns that peers still hold: which peers (on-demand pulls).
     holders: Mutex<BTreeMap<GuildId, BTreeSet<Ordinal>>>,
@@ -158,6 +161,7 @@ impl Coordinator {
             view,
             store,
             peers,
+            cover_copies: CoverCopies::new(replica.clone()),
             replica,
             progress: Mutex::new(HandoffProgress::default()),
             holders: Mutex::new(BTreeMap::new()),
@@ -170,6 +174,11 @@ impl Coordinator {
             departing: Mutex::new(BTreeMap::new()),
             reports: watch::channel(Arc::new(Vec::new())).0,
         }
+    }
+
+    /// The restored copies of the peers this pod covers.
+    pub fn cover_copies(&self) -> &Arc<CoverCopies> {
+        &self.cover_copies
     }
 
     /// Every poll's reports, as they come (the first one after the first poll).
@@ -329,6 +338,13 @@ impl Coordinator {
                 "covering changed"
             );
         }
+        let answering: BTreeSet<Ordinal> = reports
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(o, _)| *o)
+            .collect();
+        self.cover_copies
+            .follow(&covering.keys().copied().collect(), &answering);
 
         let p = self.view.processing();
         if !p.transitioning() {

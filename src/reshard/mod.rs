@@ -83,6 +83,7 @@
 //!   peers' listings.
 
 pub mod coordinator;
+pub mod cover_copy;
 pub mod handoff;
 pub mod peers;
 pub mod plan;

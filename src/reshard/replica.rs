@@ -49,8 +49,8 @@ pub enum Restored {
 /// found there that `me` owns under `topology`.
 ///
 /// # Errors
-/// [`Error::Replica`] when Litestream fails, [`Error::Store`] when reading the copy or the
-/// import fails.
+/// [`Error::Replica`] when Litestream fails, [`Error::ReplicaMissing`] when no replica is
+/// found, [`Error::Store`] when reading the copy or the import fails.
 #[tracing::instrument(skip_all, fields(departed = departed.0))]
 pub async fn restore_and_import(
     cfg: &ReplicaConfig,
@@ -59,14 +59,32 @@ pub async fn restore_and_import(
     topology: Topology,
     departed: Ordinal,
 ) -> Result<Restored, Error> {
+    let copy = restore_copy(cfg, departed).await?;
+    let result = import_owned(&copy, store, me, topology).await;
+    remove_copy(&copy);
+    let imported = result?;
+    info!(
+        imported,
+        "guilds restored from a departed ordinal's replica"
+    );
+    Ok(Restored::Imported(imported))
+}
+
+/// Restores `ordinal`'s replica into a new file under the scratch directory and returns its
+/// path; the caller removes it with [`remove_copy`].
+///
+/// # Errors
+/// [`Error::Replica`] when Litestream fails or stalls, [`Error::ReplicaMissing`] when the
+/// configuration finds no replica.
+pub async fn restore_copy(cfg: &ReplicaConfig, ordinal: Ordinal) -> Result<PathBuf, Error> {
     let fail = |why: String| Error::Replica {
-        ordinal: departed.0,
+        ordinal: ordinal.0,
         why,
     };
     std::fs::create_dir_all(&cfg.scratch).map_err(|e| fail(e.to_string()))?;
     let tmp = cfg.scratch.join(format!(
         "restore-gateway-{}-{:016x}.db",
-        departed.0,
+        ordinal.0,
         rand::random::<u64>()
     ));
     let mut cmd = tokio::process::Command::new(&cfg.binary);
@@ -78,7 +96,7 @@ pub async fn restore_and_import(
         .arg("-o")
         .arg(&tmp)
         .arg(&cfg.database_path)
-        .env("POD_ORDINAL", departed.0.to_string())
+        .env("POD_ORDINAL", ordinal.0.to_string())
         .env("DATABASE_PATH", &cfg.database_path)
         .env(ENV_CLUSTER_NAME, &cfg.prefix.cluster)
         .env(ENV_POD_NAMESPACE, &cfg.prefix.namespace);
@@ -97,10 +115,11 @@ pub async fn restore_and_import(
     };
     let stderr = &out.stderr;
     if !out.status.success() || !tmp.exists() {
+        remove_copy(&tmp);
         if stderr.contains("no matching backup") || out.status.success() {
             return Err(Error::ReplicaMissing {
-                ordinal: departed.0,
-                location: replica_location(cfg, departed),
+                ordinal: ordinal.0,
+                location: replica_location(cfg, ordinal),
             });
         }
         return Err(fail(format!(
@@ -109,18 +128,11 @@ pub async fn restore_and_import(
             stderr.trim()
         )));
     }
-    let result = import_owned(&tmp, store, me, topology).await;
-    remove_copy(&tmp);
-    let imported = result?;
-    info!(
-        imported,
-        "guilds restored from a departed ordinal's replica"
-    );
-    Ok(Restored::Imported(imported))
+    Ok(tmp)
 }
 
 /// Removes a restored copy and whatever Litestream or SQLite left beside it.
-fn remove_copy(tmp: &std::path::Path) {
+pub fn remove_copy(tmp: &std::path::Path) {
     for suffix in ["", "-wal", "-shm", ".tmp"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
     }

@@ -233,6 +233,21 @@ impl OwnershipView {
         self.read().processes(self.ordinal, guild)
     }
 
+    /// The covered peer through which this pod processes an event of `guild`: `None` when the
+    /// guild is this pod's own under a topology in force (or not processed here at all).
+    pub fn covered_owner(&self, guild: Option<GuildId>) -> Option<Ordinal> {
+        let s = self.read();
+        if s.covering.is_empty() || s.belongs_to(guild, self.ordinal) {
+            return None;
+        }
+        let covered = s
+            .processing
+            .all()
+            .map(|t| owner_of_event(guild, t))
+            .find(|o| s.covering.contains_key(o));
+        covered
+    }
+
     /// Whether no event at all is this pod's to process: its ordinal is outside every
     /// topology in force (a removed pod after convergence) and it covers no peer. Such a pod
     /// needs nobody to cover it when it stops.
@@ -315,6 +330,11 @@ mod tests {
             .iter()
             .filter(|g| of_two(g))
             .all(|g| view.processes(Some(*g))));
+        for g in &guilds {
+            let own = owner(*g, t(3)) == Ordinal(0) || owner(*g, t(5)) == Ordinal(0);
+            let expected = (!own && of_two(g)).then_some(Ordinal(2));
+            assert_eq!(view.covered_owner(Some(*g)), expected, "guild {g}");
+        }
         assert!(!view.set_covering([(Ordinal(2), 9)].into()));
         assert_eq!(
             view.snapshot().covering[&Ordinal(2)],

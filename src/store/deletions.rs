@@ -47,6 +47,12 @@ impl CachedMessage {
     pub fn deleted(&self) -> bool {
         self.deleted_at_ms.is_some()
     }
+
+    /// Two states of this message merged as the store merges them (in any order).
+    #[must_use]
+    pub fn merged(&self, other: &CachedMessage) -> CachedMessage {
+        merge_rows(self, other)
+    }
 }
 
 /// Merges one cache row (see the module doc). `cutoff` is the purge cutoff; older messages are

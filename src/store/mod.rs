@@ -356,6 +356,14 @@ impl Store {
         self.read(move |c| moderation::settings(c, guild)).await
     }
 
+    /// The guild's `/setup` row with the interaction that set each channel, if any was set.
+    ///
+    /// # Errors
+    /// As [`Store::user_stats`].
+    pub async fn settings_row(&self, guild: GuildId) -> Result<Option<SettingsRow>, Error> {
+        self.read(move |c| moderation::settings_row(c, guild)).await
+    }
+
     /// A message from the cache (or its tombstone), if known.
     ///
     /// # Errors

@@ -127,6 +127,53 @@ pub struct SettingsRow {
     pub deletion_log_set_by: Option<u64>,
 }
 
+impl SettingsRow {
+    /// Both rows merged as the store merges an imported row: per channel, the one set by the
+    /// later interaction wins (on a tie, the larger channel id, so the merge is symmetric).
+    #[must_use]
+    pub fn merged(self, other: SettingsRow) -> SettingsRow {
+        let pick = |a: (Option<u64>, Option<u64>), b: (Option<u64>, Option<u64>)| {
+            // A channel without the interaction that set it cannot be ordered; it loses.
+            let a = a.1.and(a.0).map(|_| a);
+            let b = b.1.and(b.0).map(|_| b);
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    if (b.1, b.0) > (a.1, a.0) {
+                        b
+                    } else {
+                        a
+                    }
+                }
+                (Some(x), None) | (None, Some(x)) => x,
+                (None, None) => (None, None),
+            }
+        };
+        let (mod_log_channel, mod_log_set_by) = pick(
+            (self.mod_log_channel, self.mod_log_set_by),
+            (other.mod_log_channel, other.mod_log_set_by),
+        );
+        let (deletion_log_channel, deletion_log_set_by) = pick(
+            (self.deletion_log_channel, self.deletion_log_set_by),
+            (other.deletion_log_channel, other.deletion_log_set_by),
+        );
+        SettingsRow {
+            mod_log_channel,
+            mod_log_set_by,
+            deletion_log_channel,
+            deletion_log_set_by,
+        }
+    }
+}
+
+impl From<SettingsRow> for GuildSettings {
+    fn from(s: SettingsRow) -> Self {
+        GuildSettings {
+            mod_log_channel: s.mod_log_channel,
+            deletion_log_channel: s.deletion_log_channel,
+        }
+    }
+}
+
 /// `/modlog user`: a user's reports and mod actions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModLog {
@@ -291,10 +338,7 @@ pub(crate) fn settings_row(
 
 pub(crate) fn settings(conn: &Connection, guild: GuildId) -> Result<GuildSettings, Error> {
     Ok(settings_row(conn, guild)?
-        .map(|s| GuildSettings {
-            mod_log_channel: s.mod_log_channel,
-            deletion_log_channel: s.deletion_log_channel,
-        })
+        .map(GuildSettings::from)
         .unwrap_or_default())
 }
 
@@ -372,4 +416,44 @@ pub(crate) fn export_reports(conn: &Connection, guild: GuildId) -> Result<Vec<Re
         .query_map([guild.0], report_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(mod_log: Option<(u64, u64)>, deletion_log: Option<(u64, u64)>) -> SettingsRow {
+        SettingsRow {
+            mod_log_channel: mod_log.map(|m| m.0),
+            mod_log_set_by: mod_log.map(|m| m.1),
+            deletion_log_channel: deletion_log.map(|d| d.0),
+            deletion_log_set_by: deletion_log.map(|d| d.1),
+        }
+    }
+
+    #[test]
+    fn merged_settings_take_each_channel_from_the_later_interaction_in_any_order() {
+        let owners = row(Some((10, 5)), Some((20, 5)));
+        // Set during a cover, by a later interaction: only the mod-log changed.
+        let covers = row(Some((11, 9)), None);
+        let want = row(Some((11, 9)), Some((20, 5)));
+        assert_eq!(owners.clone().merged(covers.clone()), want);
+        assert_eq!(covers.merged(owners.clone()), want);
+        // A tie on the interaction is broken by the channel, the same way both ways.
+        let tie = row(Some((12, 5)), None);
+        assert_eq!(
+            owners.clone().merged(tie.clone()),
+            tie.clone().merged(owners.clone())
+        );
+        // A channel with no interaction cannot be ordered and never wins.
+        let unordered = SettingsRow {
+            mod_log_channel: Some(99),
+            ..SettingsRow::default()
+        };
+        assert_eq!(owners.clone().merged(unordered), owners);
+        assert_eq!(
+            SettingsRow::default().merged(SettingsRow::default()),
+            SettingsRow::default()
+        );
+    }
 }

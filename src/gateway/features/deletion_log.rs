@@ -6,6 +6,7 @@ use serenity::model::event::{MessageDeleteBulkEvent, MessageDeleteEvent, Message
 
 use crate::gateway::features::{excerpt, now_ms, timestamp_ms, FeatureError};
 use crate::gateway::pod::Pod;
+use crate::gateway::reads;
 use crate::ownership::GuildId;
 use crate::store::{OutboxMessage, Write};
 
@@ -43,10 +44,10 @@ pub async fn on_delete(pod: &Pod, event: &MessageDeleteEvent) -> Result<(), Feat
         return Ok(());
     };
     let (guild, message) = (GuildId(guild.get()), event.message_id.get());
-    let settings = pod.store.settings(guild).await?;
+    let settings = reads::settings(pod, guild).await?;
     let mut outbox = Vec::new();
     if let Some(log_channel) = settings.deletion_log_channel {
-        if let Some(cached) = pod.store.cached_message(guild, message).await? {
+        if let Some(cached) = reads::cached_message(pod, guild, message).await? {
             if let Some(content) = cached.content.as_deref() {
                 outbox.push(OutboxMessage {
                     key: format!("deleted:{message}"),
@@ -90,13 +91,11 @@ pub async fn on_bulk_delete(pod: &Pod, event: &MessageDeleteBulkEvent) -> Result
     let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
         return Ok(());
     };
-    let settings = pod.store.settings(guild).await?;
+    let settings = reads::settings(pod, guild).await?;
     let mut outbox = Vec::new();
     if let Some(log_channel) = settings.deletion_log_channel {
         let quoted: Vec<u64> = ids.iter().copied().take(BULK_QUOTED).collect();
-        let lines: Vec<String> = pod
-            .store
-            .cached_messages(guild, quoted)
+        let lines: Vec<String> = reads::cached_messages(pod, guild, quoted)
             .await?
             .iter()
             .filter_map(|cached| {

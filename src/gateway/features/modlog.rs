@@ -8,6 +8,7 @@ use serenity::model::guild::audit_log::{Action, Change, MemberAction};
 use crate::gateway::features::deletion_log::log_body;
 use crate::gateway::features::{excerpt, snowflake_ms, timestamp_ms, FeatureError};
 use crate::gateway::pod::Pod;
+use crate::gateway::reads;
 use crate::ownership::GuildId;
 use crate::store::{ModActionKind, OutboxMessage, Write};
 
@@ -41,7 +42,7 @@ pub async fn on_audit_entry(
     };
     let guild = GuildId(event.guild_id.get());
     let (entry_id, target_id, executor_id) = (entry.id.get(), target.get(), entry.user_id.get());
-    let settings = pod.store.settings(guild).await?;
+    let settings = reads::settings(pod, guild).await?;
     let outbox: Vec<OutboxMessage> = settings
         .mod_log_channel
         .map(|channel| OutboxMessage {
