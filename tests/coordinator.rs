@@ -20,7 +20,7 @@ use guildshard::reshard::replica::ReplicaConfig;
 use guildshard::reshard::topology::{OwnershipView, Processing};
 use guildshard::shutdown::Shutdown;
 use guildshard::store::{Store, Write};
-use guildshard::wire::{HandoffProgress, HeldGuilds, StatusReport};
+use guildshard::wire::{HandoffProgress, HeldGuilds, PodState, StatusReport};
 
 use crate::support::eventually::eventually;
 use crate::support::litestream::fake_litestream;
@@ -99,11 +99,10 @@ impl Peerage {
             previous_topologies: Vec::new(),
             topology_source: Default::default(),
             state: if mode == Mode::Stopping {
-                "stopping"
+                PodState::Stopping
             } else {
-                "active"
-            }
-            .into(),
+                PodState::Active
+            },
             ready: mode == Mode::Live,
             guilds_owned: 0,
             guilds_held: holds,

@@ -24,8 +24,8 @@ use crate::listener::Arrival;
 use crate::ownership::{owner, GuildId, Ordinal};
 use crate::store::GuildVersion;
 use crate::wire::{
-    DeliveryResults, ErrorBody, EventsBatch, HeldGuilds, InteractionOutcome, NotOwner, Released,
-    StatusReport, DEADLINE_HEADER, GUILD_VERSION_HEADER,
+    DeliveryResults, ErrorBody, EventsBatch, HeldGuilds, InteractionOutcome, NotOwner, PodState,
+    Released, StatusReport, DEADLINE_HEADER, GUILD_VERSION_HEADER,
 };
 
 /// Largest interaction body accepted (Discord's payloads are a few KiB; resolved messages can
@@ -182,24 +182,24 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
     let handoff = pod.coordinator.progress();
     let held_foreign = pod.guilds_held_foreign().await;
     let state = if pod.stopping.load(Ordering::Relaxed) {
-        "stopping"
+        PodState::Stopping
     } else if processing.transitioning() {
-        "transitioning"
+        PodState::Transitioning
     } else if removed && guilds_held > 0 {
-        "draining"
+        PodState::Draining
     } else if removed {
-        "removed"
+        PodState::Removed
     } else if handoff.pending_pull > 0 || !handoff.replicas_pending.is_empty() {
-        "handing_off"
+        PodState::HandingOff
     } else {
-        "active"
+        PodState::Active
     };
     StatusReport {
         ordinal: pod.ordinal(),
         topology: processing.current,
         previous_topologies: processing.history.clone(),
         topology_source: pod.topology_source.report(),
-        state: state.to_owned(),
+        state,
         ready: pod.is_ready(),
         guilds_owned: pod.guilds_owned(),
         guilds_held,

@@ -170,6 +170,7 @@ pub fn newest(reports: &[&StatusReport]) -> Option<Topology> {
 mod tests {
     use super::*;
     use crate::ownership::Strategy;
+    use crate::wire::PodState;
 
     fn report(ordinal: u32, pods: u32, previous: Option<u32>) -> StatusReport {
         let t = |n| Topology::new(Strategy::Md5, n).expect("positive");
@@ -178,7 +179,7 @@ mod tests {
             topology: t(pods),
             previous_topologies: previous.map(t).into_iter().collect(),
             topology_source: Default::default(),
-            state: "active".into(),
+            state: PodState::Active,
             ready: true,
             guilds_owned: 0,
             guilds_held: 0,

@@ -294,7 +294,7 @@ impl Coordinator {
         let reports = self.poll().await;
         // Live: answering and not stopping, as the connectors route (a pod whose shards are
         // still connecting processes what is delivered to it).
-        let live = |s: &StatusReport| s.state != "stopping";
+        let live = |s: &StatusReport| !s.state.is_stopping();
         let in_play = self.view.ordinals_in_play();
         let covering: BTreeMap<Ordinal, u64> = {
             let mut last_live = self
@@ -304,7 +304,7 @@ impl Coordinator {
             let margin = COVER_MARGIN.as_millis() as u64;
             for (o, r) in &reports {
                 let Ok(s) = r else { continue };
-                if s.state == "stopping" {
+                if s.state.is_stopping() {
                     // A pod that says it is stopping ran until now even if this pod never saw
                     // it live (it can be stopped within a poll of its first READY), and it
                     // keeps processing until a peer covers it: cover it from now on.
@@ -475,7 +475,7 @@ impl Coordinator {
             .filter_map(|(o, r)| r.as_ref().ok().map(|s| (*o, s)))
             .filter(|(_, s)| {
                 s.previous_topologies.is_empty()
-                    && s.state != "stopping"
+                    && !s.state.is_stopping()
                     && !s.covering.contains(&me)
                     && s.handoff_pending > 0
             })
@@ -668,7 +668,7 @@ impl Coordinator {
                 let live: Vec<&StatusReport> = reports
                     .iter()
                     .filter_map(|(_, r)| r.as_ref().ok())
-                    .filter(|s| s.ready && s.state != "stopping")
+                    .filter(|s| s.ready && !s.state.is_stopping())
                     .collect();
                 if live.is_empty() || live.iter().any(|s| s.covering.contains(&me)) {
                     return;
@@ -689,7 +689,7 @@ fn converged(current: Topology, me: Ordinal, reports: &Reports) -> bool {
             || reports.iter().any(|(r, s)| {
                 *r == o
                     && s.as_ref()
-                        .is_ok_and(|s| s.ready && s.state != "stopping" && s.topology == current)
+                        .is_ok_and(|s| s.ready && !s.state.is_stopping() && s.topology == current)
             })
     });
     let all_agree = reports
