@@ -42,6 +42,20 @@ const RULES: &[(&str, u8, &[&str])] = &[
     // Pure data and serde types: nothing that does I/O.
     ("commands", 0, &["listener", "shutdown", "telemetry"]),
     ("wire", 0, &["listener", "shutdown", "telemetry"]),
+    // The internal API's paths: strings built from `ownership`'s ids, nothing else.
+    (
+        "internal_paths",
+        0,
+        &[
+            "calendar",
+            "commands",
+            "config",
+            "listener",
+            "shutdown",
+            "telemetry",
+            "wire",
+        ],
+    ),
     ("listener", 0, &["config"]),
     ("shutdown", 0, &[]),
     ("telemetry", 0, &[]),

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use guildshard::config::{ReplicaPrefix, Secret, UrlTemplate};
+use guildshard::internal_paths as paths;
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 use guildshard::reshard::coordinator::{Coordinator, META_REPLICAS_PENDING};
 use guildshard::reshard::peers::Peers;
@@ -235,14 +236,13 @@ impl Harness {
             deleted: Mutex::new(BTreeSet::new()),
             failed_exports: AtomicU64::new(0),
         });
+        // The peers' routes, as a pod registers them, under each ordinal's prefix.
+        let peer = |route: &str| format!("/peer/{{o}}{route}");
         let app = Router::new()
-            .route("/peer/{o}/internal/v1/status", get(status))
-            .route("/peer/{o}/internal/v1/guilds", get(held))
-            .route("/peer/{o}/internal/v1/guilds/{id}/export", get(export))
-            .route(
-                "/peer/{o}/internal/v1/guilds/{id}",
-                axum::routing::delete(delete),
-            )
+            .route(&peer(paths::STATUS), get(status))
+            .route(&peer(paths::GUILDS), get(held))
+            .route(&peer(paths::GUILD_EXPORT), get(export))
+            .route(&peer(paths::GUILD), axum::routing::delete(delete))
             .with_state(peers.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
