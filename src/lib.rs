@@ -13,7 +13,8 @@
 //!   export/import), [`emulator`] (a local Discord: gateway WebSocket, REST, control API,
 //!   traffic generator) and [`kube_api`] (a Kubernetes API stand-in serving the gateway
 //!   StatefulSet to kubectl and client libraries: get, watch, scale, fault switches).
-//! - L2 [`reshard`] (topology transitions and guild handoff)
+//! - L2 [`reshard`] (topology transitions and guild handoff) and [`pod_client`] (the one client
+//!   of the pods' internal API, for the HTTP service, peer pods and the local cluster).
 //! - L3 [`gateway`] (a gateway pod: serenity, ownership filter, features, internal API) and
 //!   [`http`] (the stateless interactions and API service).
 //! - L4 [`local_cluster`] (the emulator plus N pods as processes with StatefulSet semantics,
@@ -38,6 +39,7 @@ pub mod kube_api;
 pub mod listener;
 pub mod local_cluster;
 pub mod ownership;
+pub mod pod_client;
 pub mod reshard;
 pub mod shutdown;
 pub mod store;

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use guildshard::config::{ReplicaPrefix, Secret, UrlTemplate};
 use guildshard::internal_paths as paths;
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
+use guildshard::pod_client::PodClient;
 use guildshard::reshard::coordinator::{Coordinator, META_REPLICAS_PENDING};
-use guildshard::reshard::peers::Peers;
 use guildshard::reshard::replica::ReplicaConfig;
 use guildshard::reshard::topology::{OwnershipView, Processing};
 use guildshard::shutdown::Shutdown;
@@ -275,7 +275,12 @@ impl Harness {
         let coordinator = Arc::new(Coordinator::new(
             view.clone(),
             store.clone(),
-            Peers::new(template, Secret::new("token")),
+            PodClient::new(
+                template,
+                Secret::new("token"),
+                guildshard::reshard::PEER_TIMEOUTS,
+            )
+            .expect("client"),
             replica,
         ));
         let stop = Shutdown::new();

@@ -992,9 +992,12 @@ async fn every_command_end_to_end_and_forgeries_change_nothing() {
         "{metrics}"
     );
     // Asked to learn, it finds both pods and routes by N=2 from then on.
-    let pods =
-        guildshard::http::route::Pods::new(cfg.url_template.clone(), cfg.internal_token.clone())
-            .expect("client");
+    let pods = guildshard::pod_client::PodClient::new(
+        cfg.url_template.clone(),
+        cfg.internal_token.clone(),
+        guildshard::http::POD_TIMEOUTS,
+    )
+    .expect("client");
     state.topology().refresh(&pods, state.metrics()).await;
     assert_eq!(state.topology().current().topology.pods.get(), 2);
     assert!(state.topology().current().learned);

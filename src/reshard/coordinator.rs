@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
 use crate::ownership::{owner, GuildId, Ordinal, Topology};
+use crate::pod_client::PodClient;
 use crate::store::{Store, Write};
 use crate::wire::{HandoffProgress, StatusReport};
 
 use super::handoff::{self, Pulled};
-use super::peers::Peers;
 use super::replica::{self, ReplicaConfig, Restored};
 use super::topology::{now_ms, OwnershipView, Processing};
 use super::Error;
@@ -115,7 +115,7 @@ pub type Reports = Vec<(Ordinal, Result<StatusReport, Error>)>;
 pub struct Coordinator {
     view: Arc<OwnershipView>,
     store: Store,
-    peers: Peers,
+    peers: PodClient,
     replica: Option<ReplicaConfig>,
     progress: Mutex<HandoffProgress>,
     /// For each guild this pod owns that peers still hold: which peers (on-demand pulls).
@@ -151,7 +151,7 @@ impl Coordinator {
     pub fn new(
         view: Arc<OwnershipView>,
         store: Store,
-        peers: Peers,
+        peers: PodClient,
         replica: Option<ReplicaConfig>,
     ) -> Self {
         Coordinator {
@@ -280,7 +280,7 @@ impl Coordinator {
             (0..span)
                 .map(Ordinal)
                 .filter(|o| *o != me)
-                .map(|o| async move { (o, self.peers.status(o).await) }),
+                .map(|o| async move { (o, self.peers.status(o).await.map_err(Error::from)) }),
         )
         .await
     }
