@@ -558,7 +558,7 @@ const STATUS_PROBE_BEYOND: u32 = 8;
 
 fn cmd_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     use guildshard::config::{Secret, UrlTemplate};
-    use guildshard::reshard::peers::Peers;
+    use guildshard::pod_client::PodClient;
     use guildshard::reshard::status::{table, verdict, Verdict};
 
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -599,7 +599,12 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         (None, None) => None,
     };
     let statefulset = guildshard::config::GatewayConfig::statefulset_from_env(std::env::vars());
-    let peers = Peers::new(template, Secret::new(token));
+    let peers = PodClient::new(
+        template,
+        Secret::new(token),
+        guildshard::reshard::PEER_TIMEOUTS,
+    )
+    .context("building the client of the pods' internal API")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let source = match (fixed, statefulset) {
@@ -655,7 +660,7 @@ fn cmd_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 /// Asks every pod that may exist for its status. With `pods` unknown (no override, no API),
 /// the expected topology is the newest the pods report, as the HTTP service learns it.
 async fn probe(
-    peers: &guildshard::reshard::peers::Peers,
+    peers: &guildshard::pod_client::PodClient,
     pods: Option<u32>,
     strategy: Option<Strategy>,
 ) -> (

@@ -63,7 +63,7 @@ impl Limits {
     };
 
     /// For the pods' internal API: in-cluster callers keep pooled connections, so idle ones
-    /// may stay longer (callers' pools let them go sooner, see `http::route`), and a command
+    /// may stay longer (callers' pools let them go sooner, see `pod_client`), and a command
     /// may run for up to 10 s before it answers.
     pub const INTERNAL: Limits = Limits {
         max_connections: 1024,

@@ -30,9 +30,8 @@ pub struct StatusReport {
     /// Where the pod count comes from and whether that source is reachable.
     #[serde(default)]
     pub topology_source: TopologySourceReport,
-    /// `active`, `transitioning`, `handing_off`, `draining` (removed, still holding guilds),
-    /// `removed` (outside the topology, empty), `stopping`.
-    pub state: String,
+    /// Where the pod is in its life and in the current transition.
+    pub state: PodState,
     /// Whether the pod is ready (gateway connected, migrations applied).
     pub ready: bool,
     /// Guilds this pod owns under its current topology, among those it has data or events for.
@@ -87,6 +86,51 @@ pub struct StatusReport {
     /// Dispatches received from Discord that still wait for their owner's acknowledgement.
     #[serde(default)]
     pub unacknowledged: u64,
+}
+
+/// Where a pod is in its life and in the current transition, as its status report says
+/// (`"active"`, `"handing_off"`, ... on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodState {
+    /// A member of its topology with nothing left to move.
+    Active,
+    /// Still processing guilds under a previous topology.
+    Transitioning,
+    /// A member still pulling guilds from peers or restoring departed replicas.
+    HandingOff,
+    /// Outside the topology, still holding guilds.
+    Draining,
+    /// Outside the topology, holding nothing.
+    Removed,
+    /// Shutting down: peers stop routing to it and cover its guilds.
+    Stopping,
+}
+
+impl PodState {
+    /// The word used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodState::Active => "active",
+            PodState::Transitioning => "transitioning",
+            PodState::HandingOff => "handing_off",
+            PodState::Draining => "draining",
+            PodState::Removed => "removed",
+            PodState::Stopping => "stopping",
+        }
+    }
+
+    /// Whether the pod is shutting down: it is no longer live, whatever else it reports.
+    pub fn is_stopping(self) -> bool {
+        self == PodState::Stopping
+    }
+}
+
+impl std::fmt::Display for PodState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so that table columns (`{:<13}`) line up.
+        f.pad(self.as_str())
+    }
 }
 
 /// One Discord shard's session, as its connector publishes it: whoever takes the shard over
@@ -277,4 +321,30 @@ pub struct NotOwner {
 pub struct ErrorBody {
     /// A short, lower-case description.
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_states_keep_their_wire_words() {
+        for state in [
+            PodState::Active,
+            PodState::Transitioning,
+            PodState::HandingOff,
+            PodState::Draining,
+            PodState::Removed,
+            PodState::Stopping,
+        ] {
+            let json = serde_json::to_string(&state).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(
+                serde_json::from_str::<PodState>(&json).expect("parse"),
+                state
+            );
+        }
+        assert_eq!(format!("{:<9}|", PodState::Active), "active   |");
+        assert!(serde_json::from_str::<PodState>("\"asleep\"").is_err());
+    }
 }

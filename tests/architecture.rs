@@ -42,6 +42,20 @@ const RULES: &[(&str, u8, &[&str])] = &[
     // Pure data and serde types: nothing that does I/O.
     ("commands", 0, &["listener", "shutdown", "telemetry"]),
     ("wire", 0, &["listener", "shutdown", "telemetry"]),
+    // The internal API's paths: strings built from `ownership`'s ids, nothing else.
+    (
+        "internal_paths",
+        0,
+        &[
+            "calendar",
+            "commands",
+            "config",
+            "listener",
+            "shutdown",
+            "telemetry",
+            "wire",
+        ],
+    ),
     ("listener", 0, &["config"]),
     ("shutdown", 0, &[]),
     ("telemetry", 0, &[]),
@@ -50,8 +64,10 @@ const RULES: &[(&str, u8, &[&str])] = &[
     ("store", 1, &["emulator", "kube_api"]),
     ("emulator", 1, &["store", "kube_api"]),
     ("kube_api", 1, &["store", "emulator"]),
-    // Level 2.
+    // Level 2. The pods' client decodes the store's guild export, so it sits above the store;
+    // resharding calls peers through it, never the other way round.
     ("reshard", 2, &[]),
+    ("pod_client", 2, &["reshard"]),
     // Level 3: the two services know each other only over HTTP, and the HTTP service is
     // stateless: it never touches a database.
     ("gateway", 3, &["http"]),

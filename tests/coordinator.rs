@@ -13,14 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use guildshard::config::{ReplicaPrefix, Secret, UrlTemplate};
+use guildshard::internal_paths as paths;
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
+use guildshard::pod_client::PodClient;
 use guildshard::reshard::coordinator::{Coordinator, META_REPLICAS_PENDING};
-use guildshard::reshard::peers::Peers;
 use guildshard::reshard::replica::ReplicaConfig;
 use guildshard::reshard::topology::{OwnershipView, Processing};
 use guildshard::shutdown::Shutdown;
 use guildshard::store::{Store, Write};
-use guildshard::wire::{HandoffProgress, HeldGuilds, StatusReport};
+use guildshard::wire::{HandoffProgress, HeldGuilds, PodState, StatusReport};
 
 use crate::support::eventually::eventually;
 use crate::support::litestream::fake_litestream;
@@ -99,11 +100,10 @@ impl Peerage {
             previous_topologies: Vec::new(),
             topology_source: Default::default(),
             state: if mode == Mode::Stopping {
-                "stopping"
+                PodState::Stopping
             } else {
-                "active"
-            }
-            .into(),
+                PodState::Active
+            },
             ready: mode == Mode::Live,
             guilds_owned: 0,
             guilds_held: holds,
@@ -236,14 +236,13 @@ impl Harness {
             deleted: Mutex::new(BTreeSet::new()),
             failed_exports: AtomicU64::new(0),
         });
+        // The peers' routes, as a pod registers them, under each ordinal's prefix.
+        let peer = |route: &str| format!("/peer/{{o}}{route}");
         let app = Router::new()
-            .route("/peer/{o}/internal/v1/status", get(status))
-            .route("/peer/{o}/internal/v1/guilds", get(held))
-            .route("/peer/{o}/internal/v1/guilds/{id}/export", get(export))
-            .route(
-                "/peer/{o}/internal/v1/guilds/{id}",
-                axum::routing::delete(delete),
-            )
+            .route(&peer(paths::STATUS), get(status))
+            .route(&peer(paths::GUILDS), get(held))
+            .route(&peer(paths::GUILD_EXPORT), get(export))
+            .route(&peer(paths::GUILD), axum::routing::delete(delete))
             .with_state(peers.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -276,7 +275,12 @@ impl Harness {
         let coordinator = Arc::new(Coordinator::new(
             view.clone(),
             store.clone(),
-            Peers::new(template, Secret::new("token")),
+            PodClient::new(
+                template,
+                Secret::new("token"),
+                guildshard::reshard::PEER_TIMEOUTS,
+            )
+            .expect("client"),
             replica,
         ));
         let stop = Shutdown::new();

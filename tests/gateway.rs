@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use guildshard::emulator::{EventKind, TrafficRequest};
+use guildshard::internal_paths as paths;
 use guildshard::ownership::{owner, GuildId, Ordinal, Strategy, Topology};
 
 use crate::support::cluster::{self, activity, activity_by_pod, logs};
@@ -278,13 +279,13 @@ async fn internal_api_rejects_bad_input() {
 
     // No token, wrong token: 401.
     let resp = client
-        .get(format!("{}/internal/v1/status", base(0)))
+        .get(format!("{}{}", base(0), paths::STATUS))
         .send()
         .await
         .expect("send");
     assert_eq!(resp.status(), 401);
     let resp = client
-        .get(format!("{}/internal/v1/status", base(0)))
+        .get(format!("{}{}", base(0), paths::STATUS))
         .bearer_auth("wrong-token-0123456789")
         .send()
         .await
@@ -293,7 +294,7 @@ async fn internal_api_rejects_bad_input() {
 
     // Malformed interaction body: 400, and nothing executed.
     let resp = client
-        .post(format!("{}/internal/v1/interactions", base(0)))
+        .post(format!("{}{}", base(0), paths::INTERACTIONS))
         .bearer_auth(cluster.internal_token())
         .body("{not json")
         .send()
@@ -311,7 +312,7 @@ async fn internal_api_rejects_bad_input() {
         .find(|g| owner(*g, topology) == Ordinal(1))
         .expect("a guild owned by gateway-1");
     let resp = client
-        .get(format!("{}/internal/v1/guilds/{foreign}/stats", base(0)))
+        .get(format!("{}{}", base(0), paths::guild_stats(foreign)))
         .bearer_auth(cluster.internal_token())
         .send()
         .await

@@ -294,7 +294,7 @@ async fn fake_pod(status: u16, delay: Duration) -> FakePod {
     let deadlines = Arc::new(Mutex::new(Vec::new()));
     let app = axum::Router::new()
         .route(
-            "/{ordinal}/internal/v1/interactions",
+            &format!("/{{ordinal}}{}", guildshard::internal_paths::INTERACTIONS),
             axum::routing::post(
                 move |State(deadlines): State<Arc<Mutex<Vec<u64>>>>, headers: HeaderMap| async move {
                     let deadline = headers
@@ -992,9 +992,12 @@ async fn every_command_end_to_end_and_forgeries_change_nothing() {
         "{metrics}"
     );
     // Asked to learn, it finds both pods and routes by N=2 from then on.
-    let pods =
-        guildshard::http::route::Pods::new(cfg.url_template.clone(), cfg.internal_token.clone())
-            .expect("client");
+    let pods = guildshard::pod_client::PodClient::new(
+        cfg.url_template.clone(),
+        cfg.internal_token.clone(),
+        guildshard::http::POD_TIMEOUTS,
+    )
+    .expect("client");
     state.topology().refresh(&pods, state.metrics()).await;
     assert_eq!(state.topology().current().topology.pods.get(), 2);
     assert!(state.topology().current().learned);
@@ -1100,7 +1103,10 @@ async fn a_pod_does_not_run_a_command_its_caller_gave_up_on() {
         ))
         .expect("signed");
     let gave_up = client
-        .post(format!("{internal}/internal/v1/interactions"))
+        .post(format!(
+            "{internal}{}",
+            guildshard::internal_paths::INTERACTIONS
+        ))
         .bearer_auth(cluster.internal_token())
         .header(DEADLINE_HEADER, "2000")
         .header("content-type", "application/json")

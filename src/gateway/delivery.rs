@@ -23,7 +23,7 @@ use crate::gateway::members::Members;
 use crate::gateway::pod::Pod;
 use crate::gateway::shard_map;
 use crate::ownership::Ordinal;
-use crate::reshard::peers::events_body;
+use crate::pod_client::events_body;
 use crate::wire::Delivery;
 
 /// Dispatches waiting for one owner before the shard readers wait.

@@ -21,7 +21,7 @@ use twilight_gateway_queue::Queue;
 
 use crate::gateway::members::Members;
 use crate::ownership::Ordinal;
-use crate::reshard::peers::Peers;
+use crate::pod_client::PodClient;
 
 /// Discord's identify window.
 pub const IDENTIFY_WINDOW: Duration = Duration::from_secs(5);
@@ -86,7 +86,7 @@ pub struct ClusterQueue {
     me: Ordinal,
     gate: Arc<IdentifyGate>,
     live: watch::Receiver<Members>,
-    peers: Peers,
+    peers: PodClient,
 }
 
 impl ClusterQueue {
@@ -95,7 +95,7 @@ impl ClusterQueue {
         me: Ordinal,
         gate: Arc<IdentifyGate>,
         live: watch::Receiver<Members>,
-        peers: Peers,
+        peers: PodClient,
     ) -> Self {
         ClusterQueue {
             me,

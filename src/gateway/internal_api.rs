@@ -20,12 +20,13 @@ use crate::config::Secret;
 use crate::gateway::commands;
 use crate::gateway::intake;
 use crate::gateway::pod::Pod;
+use crate::internal_paths as paths;
 use crate::listener::Arrival;
 use crate::ownership::{owner, GuildId, Ordinal};
 use crate::store::GuildVersion;
 use crate::wire::{
-    DeliveryResults, ErrorBody, EventsBatch, HeldGuilds, InteractionOutcome, NotOwner, Released,
-    StatusReport, DEADLINE_HEADER, GUILD_VERSION_HEADER,
+    DeliveryResults, ErrorBody, EventsBatch, HeldGuilds, InteractionOutcome, NotOwner, PodState,
+    Released, StatusReport, DEADLINE_HEADER, GUILD_VERSION_HEADER,
 };
 
 /// Largest interaction body accepted (Discord's payloads are a few KiB; resolved messages can
@@ -109,24 +110,21 @@ struct ApiState {
 pub fn internal_app(pod: Arc<Pod>, token: Secret) -> Router {
     let state = ApiState { pod, token };
     Router::new()
-        .route("/internal/v1/status", get(status))
+        .route(paths::STATUS, get(status))
         .route(
-            "/internal/v1/interactions",
+            paths::INTERACTIONS,
             post(interaction).layer(DefaultBodyLimit::max(MAX_INTERACTION_BODY)),
         )
         .route(
-            "/internal/v1/events",
+            paths::EVENTS,
             post(events).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)),
         )
-        .route("/internal/v1/shards/{id}/release", post(release_shard))
-        .route("/internal/v1/identify/{shard}", post(identify))
-        .route("/internal/v1/guilds", get(held_guilds))
-        .route("/internal/v1/guilds/{id}/export", get(export))
-        .route("/internal/v1/guilds/{id}/stats", get(guild_stats))
-        .route(
-            "/internal/v1/guilds/{id}",
-            axum::routing::delete(delete_guild),
-        )
+        .route(paths::SHARD_RELEASE, post(release_shard))
+        .route(paths::IDENTIFY, post(identify))
+        .route(paths::GUILDS, get(held_guilds))
+        .route(paths::GUILD_EXPORT, get(export))
+        .route(paths::GUILD_STATS, get(guild_stats))
+        .route(paths::GUILD, axum::routing::delete(delete_guild))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -182,24 +180,24 @@ pub async fn status_report(pod: &Pod) -> StatusReport {
     let handoff = pod.coordinator.progress();
     let held_foreign = pod.guilds_held_foreign().await;
     let state = if pod.stopping.load(Ordering::Relaxed) {
-        "stopping"
+        PodState::Stopping
     } else if processing.transitioning() {
-        "transitioning"
+        PodState::Transitioning
     } else if removed && guilds_held > 0 {
-        "draining"
+        PodState::Draining
     } else if removed {
-        "removed"
+        PodState::Removed
     } else if handoff.pending_pull > 0 || !handoff.replicas_pending.is_empty() {
-        "handing_off"
+        PodState::HandingOff
     } else {
-        "active"
+        PodState::Active
     };
     StatusReport {
         ordinal: pod.ordinal(),
         topology: processing.current,
         previous_topologies: processing.history.clone(),
         topology_source: pod.topology_source.report(),
-        state: state.to_owned(),
+        state,
         ready: pod.is_ready(),
         guilds_owned: pod.guilds_owned(),
         guilds_held,
@@ -466,4 +464,34 @@ async fn metrics(State(pod): State<Arc<Pod>>) -> impl IntoResponse {
             },
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::internal_paths as paths;
+
+    /// The first argument of every `.route(` call of the internal router.
+    fn registered(source: &str) -> Vec<String> {
+        let body = source
+            .split("pub fn internal_app(")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .unwrap_or_default();
+        body.split(".route(")
+            .skip(1)
+            .map(|call| call.split(',').next().unwrap_or_default().trim().to_owned())
+            .collect()
+    }
+
+    /// A route written as a literal here could drift from the path the clients build: every
+    /// route the router registers is one of `internal_paths`, and each of those is registered.
+    #[test]
+    fn the_router_registers_exactly_the_shared_paths() {
+        let routes = registered(include_str!("internal_api.rs"));
+        assert_eq!(routes.len(), paths::ALL.len(), "{routes:?}");
+        for (i, route) in routes.iter().enumerate() {
+            assert!(route.starts_with("paths::"), "literal route {route}");
+            assert!(!routes[..i].contains(route), "{route} registered twice");
+        }
+    }
 }

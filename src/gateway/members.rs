@@ -36,7 +36,7 @@ pub fn from_poll<'a, E: 'a>(
             continue;
         }
         reachable.push(*o);
-        if o.0 < pods && report.state != "stopping" {
+        if o.0 < pods && !report.state.is_stopping() {
             live.push(*o);
         }
     }

@@ -57,8 +57,8 @@ use crate::gateway::metrics::Metrics;
 use crate::gateway::pod::Pod;
 use crate::gateway::session_book::{SessionBook, META_SESSIONS};
 use crate::listener::Limits;
+use crate::pod_client::PodClient;
 use crate::reshard::coordinator::Coordinator;
-use crate::reshard::peers::Peers;
 use crate::reshard::replica::ReplicaConfig;
 use crate::reshard::topology::OwnershipView;
 use crate::shutdown::Shutdown;
@@ -125,6 +125,9 @@ pub enum Error {
     /// The HTTP client for Discord's REST API could not be built (TLS initialisation).
     #[error("building the HTTP client: {0}")]
     Transport(reqwest::Error),
+    /// The client of the peers' internal API could not be built (TLS initialisation).
+    #[error("building the client of the peers' internal API: {0}")]
+    PeerClient(reqwest::Error),
 }
 
 /// Runs a gateway pod until `shutdown` is triggered, then drains it.
@@ -183,7 +186,12 @@ async fn run_pod(
     discord::ensure_application_id(&rest).await?;
     let plan = discord::plan(&cfg.discord, &rest).await?;
     let ownership = Arc::new(OwnershipView::new(cfg.ordinal, processing));
-    let peers = Peers::new(cfg.url_template.clone(), cfg.internal_token.clone());
+    let peers = PodClient::new(
+        cfg.url_template.clone(),
+        cfg.internal_token.clone(),
+        crate::reshard::PEER_TIMEOUTS,
+    )
+    .map_err(Error::PeerClient)?;
     let coordinator = Arc::new(Coordinator::new(
         ownership.clone(),
         store.clone(),

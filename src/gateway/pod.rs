@@ -53,7 +53,7 @@ pub struct Pod {
     /// This pod's view of its peers, from its last status poll.
     pub members: tokio::sync::watch::Sender<crate::gateway::members::Members>,
     /// Peer pods' internal API.
-    pub peers: crate::reshard::peers::Peers,
+    pub peers: crate::pod_client::PodClient,
     /// Shard sessions that could not be resumed since start, newest last.
     pub gaps: Mutex<std::collections::VecDeque<crate::wire::SessionGap>>,
     /// Guilds this pod has seen a GUILD_CREATE for and processes, and how many of them it owns

@@ -38,11 +38,11 @@ use tracing::{debug, info, warn};
 
 use crate::listener::Arrival;
 use crate::ownership::{owner_of_event, GuildId};
+use crate::pod_client::{Forwarded, PodError};
 use crate::wire::InteractionOutcome;
 
 use super::error::AppError;
 use super::metrics::Outcome;
-use super::route::{Forwarded, RouteError};
 use super::AppState;
 
 /// Largest interaction body accepted, bytes. Discord's payloads are a few KiB; resolved
@@ -284,10 +284,10 @@ async fn route_command(state: &AppState, guild: Option<GuildId>, verified: Verif
                 );
             }
             // Nothing was sent: one more try cannot act twice.
-            Err(RouteError::Connect { .. }) if !reconnected => reconnected = true,
+            Err(PodError::Connect { .. }) if !reconnected => reconnected = true,
             // The pod read the body and refused it without running anything: a retry would
             // be refused too, and "restarting" would be untrue.
-            Err(RouteError::Rejected { ordinal, reason }) => {
+            Err(PodError::Rejected { ordinal, reason }) => {
                 warn!(guild_id = guild.map(|g| g.0), ordinal = ordinal.0, cause = %reason, "owner could not read the interaction");
                 break answer(ephemeral(UNREADABLE_MESSAGE), Outcome::Unreadable);
             }

@@ -17,7 +17,6 @@
 //! # Layout
 //! - [`interactions`]: signature extractor, PING, deadlines, the one answer per interaction.
 //! - [`admission`]: the per-pod limit on forwards in flight.
-//! - [`route`]: the pooled client for the pods' internal API.
 //! - [`topology`]: the routing topology, learned from the pods.
 //! - [`overview`]: the operator API (fan-out and per-guild reads).
 //! - [`register`]: the bulk overwrite of the command set (`guildshard register-commands`).
@@ -29,7 +28,6 @@ pub mod interactions;
 pub mod metrics;
 pub mod overview;
 pub mod register;
-pub mod route;
 pub mod topology;
 
 use std::sync::Arc;
@@ -45,14 +43,21 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::{HttpConfig, Secret};
 use crate::listener::Limits;
+use crate::pod_client::{PodClient, Timeouts};
 use crate::shutdown::Shutdown;
 
 use admission::Admission;
 pub use error::AppError;
 use metrics::Metrics;
 use overview::RateSamples;
-use route::Pods;
 use topology::TopologyCache;
+
+/// How long the service waits for a pod. Pods are in-cluster, so a slow connect means a pod
+/// that is gone; an interaction's own timeout follows Discord's deadline instead.
+pub const POD_TIMEOUTS: Timeouts = Timeouts {
+    connect: std::time::Duration::from_millis(500),
+    read: std::time::Duration::from_secs(2),
+};
 
 /// Why the service could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +83,7 @@ struct Inner {
     public_key: VerifyingKey,
     admission: Admission,
     token: Secret,
-    pods: Pods,
+    pods: PodClient,
     topology: Arc<TopologyCache>,
     metrics: Arc<Metrics>,
     rates: RateSamples,
@@ -101,8 +106,12 @@ impl AppState {
     /// [`Error::PublicKey`], [`Error::Client`].
     pub fn with_forward_limit(cfg: &HttpConfig, pod: &str, per_pod: usize) -> Result<Self, Error> {
         let public_key = VerifyingKey::from_bytes(&cfg.public_key).map_err(Error::PublicKey)?;
-        let pods = Pods::new(cfg.url_template.clone(), cfg.internal_token.clone())
-            .map_err(Error::Client)?;
+        let pods = PodClient::new(
+            cfg.url_template.clone(),
+            cfg.internal_token.clone(),
+            POD_TIMEOUTS,
+        )
+        .map_err(Error::Client)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 public_key,

@@ -19,10 +19,10 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::ownership::{owner, GuildId, Ordinal, Topology};
+use crate::pod_client::Read;
 use crate::wire::StatusReport;
 
 use super::error::AppError;
-use super::route::Read;
 use super::AppState;
 
 /// The last `events_seen` sample per pod, for rates.

@@ -17,11 +17,11 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use crate::ownership::{Ordinal, Topology};
+use crate::pod_client::{PodClient, PodError};
 use crate::shutdown::Shutdown;
 use crate::wire::StatusReport;
 
 use super::metrics::Metrics;
-use super::route::{Pods, RouteError};
 
 /// How often the topology is re-learned when nothing asks for it sooner.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -85,9 +85,9 @@ impl TopologyCache {
     /// Polls the pods and updates the cache; returns every report heard, by ordinal.
     pub async fn refresh(
         &self,
-        pods: &Pods,
+        pods: &PodClient,
         metrics: &Metrics,
-    ) -> BTreeMap<Ordinal, Result<StatusReport, RouteError>> {
+    ) -> BTreeMap<Ordinal, Result<StatusReport, PodError>> {
         let mut results = BTreeMap::new();
         let mut upto = self.current().topology.pods.get();
         let mut asked = 0;
@@ -118,7 +118,7 @@ impl TopologyCache {
     /// Refreshes every [`REFRESH_INTERVAL`], or sooner when asked, until shutdown.
     pub async fn run_refresher(
         self: Arc<Self>,
-        pods: Pods,
+        pods: PodClient,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) {
@@ -170,6 +170,7 @@ pub fn newest(reports: &[&StatusReport]) -> Option<Topology> {
 mod tests {
     use super::*;
     use crate::ownership::Strategy;
+    use crate::wire::PodState;
 
     fn report(ordinal: u32, pods: u32, previous: Option<u32>) -> StatusReport {
         let t = |n| Topology::new(Strategy::Md5, n).expect("positive");
@@ -178,7 +179,7 @@ mod tests {
             topology: t(pods),
             previous_topologies: previous.map(t).into_iter().collect(),
             topology_source: Default::default(),
-            state: "active".into(),
+            state: PodState::Active,
             ready: true,
             guilds_owned: 0,
             guilds_held: 0,

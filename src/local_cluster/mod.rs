@@ -44,9 +44,11 @@ use self::directory::{directory_app, Directory};
 pub use self::objstore::ObjectStore;
 pub use self::replication::{Replication, Sidecar};
 pub use self::tools::Tools;
+use crate::config::{Secret, UrlTemplate};
 use crate::emulator::{self, Emulator, EmulatorConfig};
 use crate::kube_api::{self, KubeApi, KubeApiConfig, PodManagementPolicy};
 use crate::ownership::{Ordinal, Strategy, Topology};
+use crate::pod_client::{PodClient, Timeouts};
 use crate::reshard::status::{self, Verdict};
 use crate::reshard::topology::now_ms;
 use crate::shutdown::Shutdown;
@@ -97,6 +99,27 @@ impl Default for StatefulSetSpec {
             grace: Duration::from_secs(60),
         }
     }
+}
+
+/// How long the cluster waits for a pod's status: pods share a few local cores with the
+/// emulator, so allow more than in a cluster.
+const POD_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(5),
+    read: Duration::from_secs(5),
+};
+
+/// The pods' base URL through the directory proxy at `proxy`.
+fn pods_url(proxy: SocketAddr) -> String {
+    format!("http://{proxy}/pods/{{ordinal}}")
+}
+
+/// [`pods_url`], parsed as the pods parse `GATEWAY_INTERNAL_URL_TEMPLATE`.
+fn pods_url_template(proxy: SocketAddr) -> Result<UrlTemplate, Error> {
+    UrlTemplate::parse(&pods_url(proxy)).map_err(|why| {
+        Error::Io(std::io::Error::other(format!(
+            "the directory proxy's URL template: {why}"
+        )))
+    })
 }
 
 /// Why the cluster could not start or change.
@@ -167,7 +190,8 @@ pub struct LocalCluster {
     lives: Vec<PodLife>,
     http: Option<ChildProcess>,
     internal_token: String,
-    client: reqwest::Client,
+    /// Asks the pods for their status, through the directory proxy.
+    internal: PodClient,
 }
 
 impl LocalCluster {
@@ -210,6 +234,14 @@ impl LocalCluster {
                 .with_graceful_shutdown(stop)
                 .await;
         });
+        // Random per cluster, so a stray process of another run cannot talk to this one.
+        let internal_token = format!("local-{:032x}", rand::random::<u128>());
+        let internal = PodClient::new(
+            pods_url_template(proxy_addr)?,
+            Secret::new(internal_token.clone()),
+            POD_TIMEOUTS,
+        )
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
         let mut cluster = LocalCluster {
             cfg,
             emulator,
@@ -223,12 +255,8 @@ impl LocalCluster {
             sidecars: BTreeMap::new(),
             lives: Vec::new(),
             http: None,
-            // Random per cluster, so a stray process of another run cannot talk to this one.
-            internal_token: format!("local-{:032x}", rand::random::<u128>()),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?,
+            internal_token,
+            internal,
         };
         // Parallel pod management: every ordinal at once (each waits only until it listens).
         for ordinal in 0..cluster.cfg.pods {
@@ -248,7 +276,7 @@ impl LocalCluster {
 
     /// The value of `GATEWAY_INTERNAL_URL_TEMPLATE` for this cluster.
     pub fn url_template(&self) -> String {
-        format!("http://{}/pods/{{ordinal}}", self.proxy_addr)
+        pods_url(self.proxy_addr)
     }
 
     /// The bearer token of the internal API.
@@ -472,23 +500,13 @@ impl LocalCluster {
 
     /// A pod's `GET /internal/v1/status`.
     pub async fn status(&self, ordinal: u32) -> Result<StatusReport, Error> {
-        let status_error = |why: String| Error::Status { ordinal, why };
-        let url = format!(
-            "{}/internal/v1/status",
-            self.url_template()
-                .replace("{ordinal}", &ordinal.to_string())
-        );
-        let resp = self
-            .client
-            .get(url)
-            .bearer_auth(&self.internal_token)
-            .send()
+        self.internal
+            .status(Ordinal(ordinal))
             .await
-            .map_err(|e| status_error(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(status_error(format!("answered {}", resp.status())));
-        }
-        resp.json().await.map_err(|e| status_error(e.to_string()))
+            .map_err(|e| Error::Status {
+                ordinal,
+                why: e.reason(),
+            })
     }
 
     /// Waits (up to `limit`) until the pod reports ready.

@@ -11,12 +11,12 @@ use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
 use crate::ownership::{owner, GuildId, Ordinal, Topology};
+use crate::pod_client::PodClient;
 use crate::store::{Store, Write};
 use crate::wire::{HandoffProgress, StatusReport};
 
 use super::cover_copy::CoverCopies;
 use super::handoff::{self, Pulled};
-use super::peers::Peers;
 use super::replica::{self, ReplicaConfig, Restored};
 use super::topology::{now_ms, OwnershipView, Processing};
 use super::Error;
@@ -116,7 +116,7 @@ pub type Reports = Vec<(Ordinal, Result<StatusReport, Error>)>;
 pub struct Coordinator {
     view: Arc<OwnershipView>,
     store: Store,
-    peers: Peers,
+    peers: PodClient,
     replica: Option<ReplicaConfig>,
     /// Restored copies of the peers this pod covers (their settings and message cache).
     cover_copies: Arc<CoverCopies>,
@@ -154,7 +154,7 @@ impl Coordinator {
     pub fn new(
         view: Arc<OwnershipView>,
         store: Store,
-        peers: Peers,
+        peers: PodClient,
         replica: Option<ReplicaConfig>,
     ) -> Self {
         Coordinator {
@@ -289,7 +289,7 @@ impl Coordinator {
             (0..span)
                 .map(Ordinal)
                 .filter(|o| *o != me)
-                .map(|o| async move { (o, self.peers.status(o).await) }),
+                .map(|o| async move { (o, self.peers.status(o).await.map_err(Error::from)) }),
         )
         .await
     }
@@ -303,7 +303,7 @@ impl Coordinator {
         let reports = self.poll().await;
         // Live: answering and not stopping, as the connectors route (a pod whose shards are
         // still connecting processes what is delivered to it).
-        let live = |s: &StatusReport| s.state != "stopping";
+        let live = |s: &StatusReport| !s.state.is_stopping();
         let in_play = self.view.ordinals_in_play();
         let covering: BTreeMap<Ordinal, u64> = {
             let mut last_live = self
@@ -313,7 +313,7 @@ impl Coordinator {
             let margin = COVER_MARGIN.as_millis() as u64;
             for (o, r) in &reports {
                 let Ok(s) = r else { continue };
-                if s.state == "stopping" {
+                if s.state.is_stopping() {
                     // A pod that says it is stopping ran until now even if this pod never saw
                     // it live (it can be stopped within a poll of its first READY), and it
                     // keeps processing until a peer covers it: cover it from now on.
@@ -491,7 +491,7 @@ impl Coordinator {
             .filter_map(|(o, r)| r.as_ref().ok().map(|s| (*o, s)))
             .filter(|(_, s)| {
                 s.previous_topologies.is_empty()
-                    && s.state != "stopping"
+                    && !s.state.is_stopping()
                     && !s.covering.contains(&me)
                     && s.handoff_pending > 0
             })
@@ -684,7 +684,7 @@ impl Coordinator {
                 let live: Vec<&StatusReport> = reports
                     .iter()
                     .filter_map(|(_, r)| r.as_ref().ok())
-                    .filter(|s| s.ready && s.state != "stopping")
+                    .filter(|s| s.ready && !s.state.is_stopping())
                     .collect();
                 if live.is_empty() || live.iter().any(|s| s.covering.contains(&me)) {
                     return;
@@ -705,7 +705,7 @@ fn converged(current: Topology, me: Ordinal, reports: &Reports) -> bool {
             || reports.iter().any(|(r, s)| {
                 *r == o
                     && s.as_ref()
-                        .is_ok_and(|s| s.ready && s.state != "stopping" && s.topology == current)
+                        .is_ok_and(|s| s.ready && !s.state.is_stopping() && s.topology == current)
             })
     });
     let all_agree = reports

@@ -9,9 +9,9 @@
 use tracing::{debug, info};
 
 use crate::ownership::{GuildId, Ordinal};
+use crate::pod_client::{Deleted, PodClient};
 use crate::store::{Store, Write};
 
-use super::peers::{Deleted, Peers};
 use super::Error;
 
 /// How far one pull got.
@@ -37,7 +37,7 @@ pub enum Pulled {
 #[tracing::instrument(skip_all, fields(guild_id = guild.0, from = from.0))]
 pub async fn pull(
     store: &Store,
-    peers: &Peers,
+    peers: &PodClient,
     from: Ordinal,
     guild: GuildId,
 ) -> Result<Pulled, Error> {

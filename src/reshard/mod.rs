@@ -1,5 +1,6 @@
 //! Resharding: what changes when the number of gateway pods changes, and moving guild data to
-//! its new owner (DESIGN §7). Level 2: uses `ownership`, `store` and `wire`; the gateway (L3)
+//! its new owner (DESIGN §7). Level 2: uses `ownership`, `store`, `wire` and `pod_client` (to
+//! call its peers); the gateway (L3)
 //! wires it in, `local_cluster` (L4) drives rescales, `guildshard status` reads its verdict.
 //!
 //! # The protocol
@@ -85,7 +86,6 @@
 pub mod coordinator;
 pub mod cover_copy;
 pub mod handoff;
-pub mod peers;
 pub mod plan;
 pub mod replica;
 pub mod statefulset;
@@ -126,3 +126,18 @@ pub enum Error {
         why: String,
     },
 }
+
+impl From<crate::pod_client::PodError> for Error {
+    fn from(err: crate::pod_client::PodError) -> Self {
+        Error::Peer {
+            ordinal: err.ordinal().0,
+            why: err.reason(),
+        }
+    }
+}
+
+/// How long a pod waits for a peer: one slower than this counts as down.
+pub const PEER_TIMEOUTS: crate::pod_client::Timeouts = crate::pod_client::Timeouts {
+    connect: std::time::Duration::from_secs(1),
+    read: std::time::Duration::from_secs(2),
+};

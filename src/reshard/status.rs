@@ -163,7 +163,7 @@ fn source(s: &StatusReport) -> String {
 mod tests {
     use super::*;
     use crate::ownership::Strategy;
-    use crate::wire::HandoffProgress;
+    use crate::wire::{HandoffProgress, PodState};
 
     fn report(ordinal: u32, pods: u32, handoff: HandoffProgress) -> StatusReport {
         StatusReport {
@@ -171,7 +171,7 @@ mod tests {
             topology: Topology::new(Strategy::Md5, pods).expect("positive"),
             previous_topologies: Vec::new(),
             topology_source: Default::default(),
-            state: "active".into(),
+            state: PodState::Active,
             ready: true,
             guilds_owned: 10,
             guilds_held: 10,
