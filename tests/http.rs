@@ -624,8 +624,10 @@ use guildshard::emulator::{CommandKind, CommandOption, Emulator, InteractionReco
 use guildshard::local_cluster::LocalCluster;
 use guildshard::ownership::{owner, GuildId, Ordinal};
 
+use std::collections::BTreeSet;
+
 use crate::support::cluster;
-use crate::support::eventually::eventually;
+use crate::support::eventually::{eventually, patience};
 
 /// The emulator's signing key, derived as the emulator derives it from its seed, so tests can
 /// forge requests that differ from a genuine one in exactly one way. Checked against the
@@ -1012,13 +1014,23 @@ async fn owner_down_is_answered_politely_and_a_slow_owner_defers_then_edits_once
     let mut cluster = cluster::start_with(dir.path(), 2, 12, Strategy::Md5, &[], true).await;
     let w = world(cluster.emulator(), 2, 1);
 
-    // The owner is killed: the polite ephemeral answer, within Discord's deadline (the
-    // emulator marks anything later as failed).
+    // The owner is killed: once its peer covers it, the peer answers for its guilds.
     cluster.kill_pod(1).await;
+    let emu = cluster.emulator();
+    let covered = eventually("the cover answers for the killed owner", || async {
+        let r = run(emu, command(&w, "stats", w.author, vec![])).await;
+        (responded(&r) == Some(4) && !content(&r).contains("restarting")).then_some(r)
+    })
+    .await;
+    assert!(content(&covered).contains("messages here"), "{covered:?}");
+    // Every pod down: the polite ephemeral answer, within Discord's deadline (the emulator
+    // marks anything later as failed).
+    cluster.kill_pod(0).await;
     let down = run(cluster.emulator(), command(&w, "stats", w.author, vec![])).await;
     assert_eq!(responded(&down), Some(4), "{down:?}");
     assert!(down.is_ephemeral(), "{down:?}");
     assert!(content(&down).contains("restarting"), "{down:?}");
+    cluster.start_pod(0).await.expect("restart");
 
     // Back, but slower than the deadline: a deferred response, then exactly one edit.
     cluster
@@ -1154,4 +1166,152 @@ async fn a_pod_does_not_run_a_command_its_caller_gave_up_on() {
         assert_eq!(resp.status().as_u16(), 400, "{path}");
     }
     cluster.shutdown().await;
+}
+
+/// The covering pod's posts and answers while an owner is down (DESIGN §6): with the owner's
+/// settings and message cache restored from its replica, the deletion-log post for a message
+/// posted before the owner stopped is made exactly once, by the cover; a command for the
+/// covered guild is answered by the cover instead of "restarting"; and once the owner is back,
+/// its rows are complete and the cover holds none of the guild's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_covered_guild_gets_its_deletion_log_post_once_and_its_commands_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _serial = cluster::serial().await;
+    let store = tokio::task::block_in_place(|| {
+        crate::support::objstore::start_object_store(&dir.path().join("s3"))
+    });
+    let mut cfg = cluster::config(dir.path(), 2, 12, Strategy::Md5);
+    cfg.http = true;
+    cluster::replicate(&mut cfg, dir.path(), &store);
+    let mut cluster = cluster::start_config(dir.path(), cfg).await;
+    let w = world(cluster.emulator(), 2, 1);
+    let emu = cluster.emulator();
+    let setup = run(
+        emu,
+        command(
+            &w,
+            "setup",
+            w.mod_user,
+            vec![option("deletion-log", 7, w.mod_log)],
+        ),
+    )
+    .await;
+    assert!(content(&setup).contains("Saved"), "{setup:?}");
+    let text = "a message the owner cached before it stopped";
+    let message = emu
+        .post_message(w.general, w.author, text)
+        .expect("posted")
+        .id;
+    let owner_db = cluster.db_path(1);
+    eventually("the owner records the message", || async {
+        cluster::activity(&owner_db)
+            .contains(&(w.guild, message))
+            .then_some(())
+    })
+    .await;
+
+    // The owner stops (its sidecar's final sync follows), and stays down.
+    assert_eq!(cluster.stop_pod(1, Duration::from_secs(25)).await, Some(0));
+    let cover_db = cluster.db_path(0);
+    let emu = cluster.emulator();
+    emu.delete_message(w.general, message).expect("deleted");
+    let post = eventually("the deletion-log post", || async {
+        let posts = emu.bot_messages(w.mod_log).expect("channel");
+        posts.into_iter().find(|m| m.content.contains(text))
+    })
+    .await;
+    assert!(
+        post.content.contains(&format!("<@{}>", w.author)),
+        "{post:?}"
+    );
+    assert_eq!(
+        sent_post(&cover_db, &format!("deleted:{message}")),
+        Some(post.id),
+        "the covering pod made the post"
+    );
+    // Commands for the covered guild are answered by the cover, from the owner's data.
+    let stats = run(emu, command(&w, "stats", w.author, vec![])).await;
+    assert_eq!(responded(&stats), Some(4), "{stats:?}");
+    assert!(
+        content(&stats).contains("**1** messages"),
+        "answered by the cover with the owner's rows: {stats:?}"
+    );
+
+    // The owner returns and pulls the rows the cover wrote.
+    cluster.start_pod(1).await.expect("restart");
+    cluster.wait_ready(1, patience()).await.expect("ready");
+    eventually(
+        "the owner holds the post and the cover nothing of the guild",
+        || async {
+            (sent_post(&owner_db, &format!("deleted:{message}")) == Some(post.id)
+                && !held_guilds(&cover_db).contains(&w.guild))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(cluster::activity(&owner_db).contains(&(w.guild, message)));
+    assert_eq!(
+        deleted_at(&owner_db, w.guild, message).map(|_| ()),
+        Some(())
+    );
+    // Exactly one post, still, after the owner's outbox ran.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let posts = cluster.emulator().bot_messages(w.mod_log).expect("channel");
+    assert_eq!(
+        posts.iter().filter(|m| m.content.contains(text)).count(),
+        1,
+        "{posts:?}"
+    );
+    cluster.shutdown().await;
+}
+
+fn read_only(db: &std::path::Path) -> rusqlite::Connection {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open pod database");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn
+}
+
+/// The Discord message id an outbox post was sent as, if it was sent.
+fn sent_post(db: &std::path::Path, key: &str) -> Option<u64> {
+    use rusqlite::OptionalExtension;
+    read_only(db)
+        .query_row(
+            "SELECT sent_message_id FROM outbox WHERE key = ?1",
+            [key],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()
+        .expect("outbox query")
+        .flatten()
+        .map(|id| id as u64)
+}
+
+fn held_guilds(db: &std::path::Path) -> BTreeSet<u64> {
+    let conn = read_only(db);
+    let mut stmt = conn
+        .prepare("SELECT guild_id FROM activity UNION SELECT guild_id FROM message_cache UNION SELECT guild_id FROM outbox WHERE guild_id IS NOT NULL")
+        .expect("query");
+    let rows = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .expect("rows")
+        .map(|r| r.expect("row") as u64)
+        .collect();
+    rows
+}
+
+fn deleted_at(db: &std::path::Path, guild: u64, message: u64) -> Option<u64> {
+    use rusqlite::OptionalExtension;
+    read_only(db)
+        .query_row(
+            "SELECT deleted_at_ms FROM message_cache WHERE guild_id = ?1 AND message_id = ?2",
+            [guild as i64, message as i64],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()
+        .expect("message cache query")
+        .flatten()
+        .map(|t| t as u64)
 }

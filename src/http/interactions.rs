@@ -37,13 +37,13 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use crate::listener::Arrival;
-use crate::ownership::{owner_of_event, GuildId};
+use crate::ownership::{owner_of_event, GuildId, Ordinal};
 use crate::pod_client::{Forwarded, PodError};
 use crate::wire::InteractionOutcome;
 
 use super::error::AppError;
 use super::metrics::Outcome;
-use super::AppState;
+use super::{AppState, Inner};
 
 /// Largest interaction body accepted, bytes. Discord's payloads are a few KiB; resolved
 /// messages and members make them larger, never near this.
@@ -229,6 +229,7 @@ async fn route_command(state: &AppState, guild: Option<GuildId>, verified: Verif
     let mut target = owner_of_event(guild, inner.topology.current().topology);
     let mut rerouted = false;
     let mut reconnected = false;
+    let mut to_cover = false;
     let response = loop {
         let budget = DISCORD_DEADLINE
             .saturating_sub(arrived.elapsed())
@@ -285,6 +286,29 @@ async fn route_command(state: &AppState, guild: Option<GuildId>, verified: Verif
             }
             // Nothing was sent: one more try cannot act twice.
             Err(PodError::Connect { .. }) if !reconnected => reconnected = true,
+            // The owner is down: the peer covering it processes its guilds (DESIGN §6), and
+            // the owner did not act (nothing was sent, or it answered 503), so sending there
+            // cannot act twice.
+            Err(PodError::Connect { .. } | PodError::Unavailable { .. }) if !to_cover => {
+                to_cover = true;
+                let left = DISCORD_DEADLINE
+                    .saturating_sub(arrived.elapsed())
+                    .saturating_sub(MARGIN);
+                let Some(cover) = cover_of(inner, target, left).await else {
+                    break unavailable(
+                        guild,
+                        &format!("gateway-{target} is down and no peer reports covering it"),
+                    );
+                };
+                inner.metrics.to_cover.inc();
+                info!(
+                    guild_id = guild.map(|g| g.0),
+                    owner = target.0,
+                    cover = cover.0,
+                    "owner down; sending to the pod covering it"
+                );
+                target = cover;
+            }
             // The pod read the body and refused it without running anything: a retry would
             // be refused too, and "restarting" would be untrue.
             Err(PodError::Rejected { ordinal, reason }) => {
@@ -296,6 +320,24 @@ async fn route_command(state: &AppState, guild: Option<GuildId>, verified: Verif
     };
     inner.metrics.observe_routing(arrived.elapsed());
     response
+}
+
+/// The pod covering `down`: as last learned, or learned again now (within half of `left`,
+/// the time left to answer) when the last refresh predates the owner going down.
+async fn cover_of(inner: &Inner, down: Ordinal, left: Duration) -> Option<Ordinal> {
+    if let Some(cover) = inner.topology.cover_of(down) {
+        return Some(cover);
+    }
+    if left < MIN_BUDGET * 2 {
+        return None;
+    }
+    let budget = left;
+    let _ = tokio::time::timeout(
+        budget / 2,
+        inner.topology.refresh(&inner.pods, &inner.metrics),
+    )
+    .await;
+    inner.topology.cover_of(down)
 }
 
 fn busy(guild: Option<GuildId>, target: crate::ownership::Ordinal) -> Response {

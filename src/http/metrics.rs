@@ -92,6 +92,8 @@ pub struct Metrics {
     pub unreadable: Counter,
     /// Interactions re-routed once after a pod answered 409 (not the owner).
     pub reroutes: Counter,
+    /// Interactions sent to the pod covering a down owner.
+    pub to_cover: Counter,
     /// Topology refreshes that learned a topology from at least one pod.
     pub topology_refreshes: Counter,
 }
@@ -112,6 +114,7 @@ impl Metrics {
             busy: Counter::default(),
             unreadable: Counter::default(),
             reroutes: Counter::default(),
+            to_cover: Counter::default(),
             topology_refreshes: Counter::default(),
             registry: Registry::default(),
         };
@@ -149,6 +152,11 @@ impl Metrics {
             "reroutes",
             "Interactions re-routed after a pod answered 409 (not the owner)",
             m.reroutes.clone(),
+        );
+        registry.register(
+            "routed_to_cover",
+            "Interactions sent to the pod covering their guild's owner while the owner is down",
+            m.to_cover.clone(),
         );
         registry.register(
             "topology_refreshes",

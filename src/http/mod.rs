@@ -79,7 +79,7 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     public_key: VerifyingKey,
     admission: Admission,
     token: Secret,

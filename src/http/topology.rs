@@ -40,6 +40,8 @@ pub struct Known {
 /// The cached topology, shared by every request.
 pub struct TopologyCache {
     known: RwLock<Known>,
+    /// Down pods and the pod that reported covering each, from the last refresh.
+    covers: RwLock<BTreeMap<Ordinal, Ordinal>>,
     wake: Notify,
 }
 
@@ -51,6 +53,7 @@ impl TopologyCache {
                 topology: initial,
                 learned: false,
             }),
+            covers: RwLock::new(BTreeMap::new()),
             wake: Notify::new(),
         }
     }
@@ -75,6 +78,15 @@ impl TopologyCache {
             topology,
             learned: true,
         };
+    }
+
+    /// The pod that covers `down` (processes its guilds while it is down), as last reported.
+    pub fn cover_of(&self, down: Ordinal) -> Option<Ordinal> {
+        self.covers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&down)
+            .copied()
     }
 
     /// Asks the refresher task to refresh now (after a 409).
@@ -105,6 +117,7 @@ impl TopologyCache {
         }
         let reports: Vec<&StatusReport> =
             results.values().filter_map(|r| r.as_ref().ok()).collect();
+        *self.covers.write().unwrap_or_else(|p| p.into_inner()) = covers(&reports);
         match newest(&reports) {
             Some(topology) => {
                 metrics.topology_refreshes.inc();
@@ -133,6 +146,20 @@ impl TopologyCache {
             }
         }
     }
+}
+
+/// Each covered pod and the lowest live pod that reports covering it.
+fn covers(reports: &[&StatusReport]) -> BTreeMap<Ordinal, Ordinal> {
+    let mut covers = BTreeMap::new();
+    for r in reports.iter().filter(|r| !r.state.is_stopping()) {
+        for &down in &r.covering {
+            covers
+                .entry(down)
+                .and_modify(|c: &mut Ordinal| *c = (*c).min(r.ordinal))
+                .or_insert(r.ordinal);
+        }
+    }
+    covers
 }
 
 /// The newest topology among the reports (see the module docs), if any pod answered.
@@ -201,6 +228,19 @@ mod tests {
             gaps: Vec::new(),
             unacknowledged: 0,
         }
+    }
+
+    #[test]
+    fn a_down_pod_is_covered_by_the_lowest_live_pod_that_says_so() {
+        let mut a = report(2, 3, None);
+        a.covering = vec![Ordinal(1)];
+        let mut b = report(0, 3, None);
+        b.covering = vec![Ordinal(1)];
+        let mut stopping = report(3, 3, None);
+        stopping.covering = vec![Ordinal(4)];
+        stopping.state = PodState::Stopping;
+        let covers = covers(&[&a, &b, &stopping]);
+        assert_eq!(covers, BTreeMap::from([(Ordinal(1), Ordinal(0))]));
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub enum PodError {
         /// The pod's error text.
         reason: String,
     },
+    /// The pod answered 503: it is not serving this request (stopping, out of time, or not
+    /// running behind the address), and it did not act on it.
+    #[error("gateway-{ordinal} is unavailable: {reason}")]
+    Unavailable {
+        /// The pod.
+        ordinal: Ordinal,
+        /// The pod's (or the proxy's) error text.
+        reason: String,
+    },
     /// The connection failed mid-request or the answer was not what the contract says.
     #[error("gateway-{ordinal}: {reason}")]
     Failed {
@@ -66,6 +75,7 @@ impl PodError {
             PodError::Connect { ordinal, .. }
             | PodError::Timeout { ordinal }
             | PodError::Rejected { ordinal, .. }
+            | PodError::Unavailable { ordinal, .. }
             | PodError::Failed { ordinal, .. } => *ordinal,
         }
     }
@@ -76,6 +86,7 @@ impl PodError {
             PodError::Connect { source, .. } => format!("cannot connect: {source}"),
             PodError::Timeout { .. } => "did not answer in time".to_owned(),
             PodError::Rejected { reason, .. } => format!("could not read the request: {reason}"),
+            PodError::Unavailable { reason, .. } => format!("unavailable: {reason}"),
             PodError::Failed { reason, .. } => reason.clone(),
         }
     }

@@ -26,7 +26,7 @@ impl PodClient {
     ///
     /// # Errors
     /// [`PodError`]: connect failures (nothing sent), timeouts, a 400 ([`PodError::Rejected`]),
-    /// 5xx and malformed answers.
+    /// a 503 ([`PodError::Unavailable`], nothing done), other 5xx and malformed answers.
     pub async fn interaction(
         &self,
         ordinal: Ordinal,
@@ -59,6 +59,13 @@ impl PodClient {
                 ordinal,
                 reason: serde_json::from_slice::<ErrorBody>(&bytes)
                     .map_or_else(|_| "answered 400".to_owned(), |b| b.error),
+            }),
+            StatusCode::SERVICE_UNAVAILABLE => Err(PodError::Unavailable {
+                ordinal,
+                reason: serde_json::from_slice::<ErrorBody>(&bytes).map_or_else(
+                    |_| String::from_utf8_lossy(&bytes).trim().to_owned(),
+                    |b| b.error,
+                ),
             }),
             s => Err(failed(format!("answered {s}"))),
         }

@@ -65,6 +65,12 @@ pub async fn start_replicated(
     store: &ObjectStore,
 ) -> LocalCluster {
     let mut cfg = config(dir, pods, guilds, strategy);
+    replicate(&mut cfg, dir, store);
+    start_config(dir, cfg).await
+}
+
+/// Runs Litestream beside every pod of `cfg`, as the StatefulSet does, into `store`.
+pub fn replicate(cfg: &mut ClusterConfig, dir: &Path, store: &ObjectStore) {
     let replication = Replication::new(
         &super::objstore::tools().library(),
         store,
@@ -73,7 +79,6 @@ pub async fn start_replicated(
     )
     .expect("litestream files");
     cfg.replication = Some(replication);
-    start_config(dir, cfg).await
 }
 
 /// Litestream's monitor and sync interval in tests: commits reach the replica within about
